@@ -1,0 +1,159 @@
+//! Queue payloads: versioned, tagged types kept apart from the domain types, so a message
+//! written by an older process still decodes (or fails loudly) after an upgrade.
+
+use serde::{Deserialize, Serialize};
+
+pub const SUBJECT_PAYMENT_CONFIRM: &str = "cmd.payment.confirm";
+pub const SUBJECT_PAYMENT_CAPTURE: &str = "cmd.payment.capture";
+pub const SUBJECT_PAYMENT_CANCEL: &str = "cmd.payment.cancel";
+pub const SUBJECT_REFUND_PROCESS: &str = "cmd.refund.process";
+pub const SUBJECT_WEBHOOK_DELIVER: &str = "cmd.webhook.deliver";
+pub const SUBJECT_PROVIDER_EVENT: &str = "cmd.provider_event.process";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum PaymentCommand {
+    #[serde(rename = "payment.confirm.v1", rename_all = "camelCase")]
+    ConfirmV1 {
+        payment_intent_id: String,
+        merchant_id: String,
+    },
+    #[serde(rename = "payment.capture.v1", rename_all = "camelCase")]
+    CaptureV1 {
+        payment_intent_id: String,
+        merchant_id: String,
+        amount_to_capture: i64,
+    },
+    /// Voids an authorization at the acquirer after the intent was canceled.
+    #[serde(rename = "payment.cancel.v1", rename_all = "camelCase")]
+    CancelV1 {
+        payment_intent_id: String,
+        merchant_id: String,
+    },
+}
+
+impl PaymentCommand {
+    pub fn subject(&self) -> &'static str {
+        match self {
+            PaymentCommand::ConfirmV1 { .. } => SUBJECT_PAYMENT_CONFIRM,
+            PaymentCommand::CaptureV1 { .. } => SUBJECT_PAYMENT_CAPTURE,
+            PaymentCommand::CancelV1 { .. } => SUBJECT_PAYMENT_CANCEL,
+        }
+    }
+
+    pub fn payment_intent_id(&self) -> &str {
+        match self {
+            PaymentCommand::ConfirmV1 {
+                payment_intent_id, ..
+            }
+            | PaymentCommand::CaptureV1 {
+                payment_intent_id, ..
+            }
+            | PaymentCommand::CancelV1 {
+                payment_intent_id, ..
+            } => payment_intent_id,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum RefundCommand {
+    #[serde(rename = "refund.process.v1", rename_all = "camelCase")]
+    ProcessV1 {
+        refund_id: String,
+        merchant_id: String,
+    },
+}
+
+impl RefundCommand {
+    pub fn refund_id(&self) -> &str {
+        match self {
+            RefundCommand::ProcessV1 { refund_id, .. } => refund_id,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+/// Processes one stored acquirer notification (a `provider_events` row). It carries only the
+/// id: the row holds the event as received, so a redelivered command reads the same event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum ProviderEventCommand {
+    #[serde(rename = "provider_event.process.v1", rename_all = "camelCase")]
+    ProcessV1 { event_id: String },
+}
+
+impl ProviderEventCommand {
+    pub fn event_id(&self) -> &str {
+        match self {
+            ProviderEventCommand::ProcessV1 { event_id } => event_id,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_tagged_and_versioned() {
+        let c = PaymentCommand::ConfirmV1 {
+            payment_intent_id: "pi_1".into(),
+            merchant_id: "mer_1".into(),
+        };
+        let v = c.to_json();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "payment.confirm.v1", "paymentIntentId": "pi_1", "merchantId": "mer_1"})
+        );
+        assert_eq!(serde_json::from_value::<PaymentCommand>(v).unwrap(), c);
+        assert_eq!(c.subject(), SUBJECT_PAYMENT_CONFIRM);
+        assert_eq!(c.payment_intent_id(), "pi_1");
+        let cap = PaymentCommand::CaptureV1 {
+            payment_intent_id: "pi_2".into(),
+            merchant_id: "m".into(),
+            amount_to_capture: 5,
+        };
+        assert_eq!(cap.subject(), SUBJECT_PAYMENT_CAPTURE);
+        assert_eq!(
+            PaymentCommand::CancelV1 {
+                payment_intent_id: "pi_3".into(),
+                merchant_id: "m".into()
+            }
+            .subject(),
+            SUBJECT_PAYMENT_CANCEL
+        );
+        assert!(
+            serde_json::from_str::<PaymentCommand>(r#"{"type":"payment.confirm.v9"}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn provider_event_commands_carry_only_the_event_id() {
+        let c = ProviderEventCommand::ProcessV1 {
+            event_id: "aevt_1".into(),
+        };
+        let v = c.to_json();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "provider_event.process.v1", "eventId": "aevt_1"})
+        );
+        assert_eq!(
+            serde_json::from_value::<ProviderEventCommand>(v).unwrap(),
+            c
+        );
+        assert_eq!(c.event_id(), "aevt_1");
+    }
+}

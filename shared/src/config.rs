@@ -1,0 +1,309 @@
+//! Configuration: documented defaults, overridden by the environment, validated at start-up.
+//! CONTRACT.md's table is the source of the names and defaults below.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: Secret<String>,
+    pub nats_url: String,
+    pub api_addr: SocketAddr,
+    pub vault_addr: SocketAddr,
+    pub acquirer_url: String,
+    pub bootstrap_api_key: Option<Secret<String>>,
+    /// The base of every backoff schedule; tests shrink it.
+    pub retry_base: Duration,
+    /// Prefixes stream and consumer names, so test runs and tenants never share a stream.
+    pub stream_prefix: String,
+    pub webhook_allow_private: bool,
+    /// How long a dead idempotency-key holder keeps the key locked.
+    pub idempotency_lock_ttl: Duration,
+    /// Secret shared with the acquirer for its signed notifications.
+    pub acquirer_webhook_secret: Secret<String>,
+    /// How long one call to the acquirer may take before it counts as a (transient) timeout.
+    pub acquirer_timeout: Duration,
+    /// AES-256-GCM key that seals webhook signing secrets at rest (32 bytes, base64 in the
+    /// environment). The development default is public: set your own outside development.
+    pub webhook_secret_key: Secret<[u8; 32]>,
+    /// How long one webhook delivery attempt may take (CONTRACT.md: 10 s; tests shrink it).
+    pub webhook_timeout: Duration,
+    /// How often the scheduler's leader reconciles with the acquirer (default 15 minutes).
+    pub reconcile_interval: Duration,
+    /// How long an intent may sit in `processing`, or a refund in `pending`, before
+    /// reconciliation asks the acquirer about it (default 5 minutes).
+    pub reconcile_stuck_after: Duration,
+    /// Connections each process may hold to PostgreSQL. Every replica of every process has its
+    /// own pool, so their sum must stay under the server's `max_connections`.
+    pub db_pool_size: u32,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/paystream";
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// base64 of the 32 bytes `paystream local development key!`: fine on a laptop, public
+/// everywhere else, so production sets `PAYSTREAM_WEBHOOK_SECRET_KEY` to its own random key.
+pub const DEVELOPMENT_WEBHOOK_SECRET_KEY: &str = "cGF5c3RyZWFtIGxvY2FsIGRldmVsb3BtZW50IGtleSE=";
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |var: &'static str, default: &str| -> String {
+            lookup(var)
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let addr = |var: &'static str, default: &str| -> Result<SocketAddr, ConfigError> {
+            let value = get(var, default);
+            value.parse().map_err(|e| ConfigError {
+                var,
+                value: value.clone(),
+                reason: format!("not a socket address ({e})"),
+            })
+        };
+
+        let database_url = get("DATABASE_URL", DEFAULT_DATABASE_URL);
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
+            return Err(ConfigError {
+                var: "DATABASE_URL",
+                value: "<hidden>".into(),
+                reason: "must start with postgres://".into(),
+            });
+        }
+        let nats_url = get("NATS_URL", DEFAULT_NATS_URL);
+        let acquirer_url = get("PAYSTREAM_ACQUIRER_URL", "http://127.0.0.1:8090");
+        if !acquirer_url.starts_with("http://") && !acquirer_url.starts_with("https://") {
+            return Err(ConfigError {
+                var: "PAYSTREAM_ACQUIRER_URL",
+                value: acquirer_url,
+                reason: "must be an http(s) URL".into(),
+            });
+        }
+        let retry_raw = get("PAYSTREAM_RETRY_BASE_MS", "1000");
+        let retry_ms: u64 = retry_raw.parse().map_err(|_| ConfigError {
+            var: "PAYSTREAM_RETRY_BASE_MS",
+            value: retry_raw.clone(),
+            reason: "must be a whole number of milliseconds".into(),
+        })?;
+        let stream_prefix = get("PAYSTREAM_STREAM_PREFIX", "");
+        if !stream_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError {
+                var: "PAYSTREAM_STREAM_PREFIX",
+                value: stream_prefix,
+                reason:
+                    "may hold only letters, digits, `_` and `-` (it becomes part of stream names)"
+                        .into(),
+            });
+        }
+        let allow_raw = get("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE", "false");
+        let webhook_allow_private = parse_bool(&allow_raw).ok_or_else(|| ConfigError {
+            var: "PAYSTREAM_WEBHOOK_ALLOW_PRIVATE",
+            value: allow_raw.clone(),
+            reason: "must be true or false".into(),
+        })?;
+        let ttl_raw = get("PAYSTREAM_IDEMPOTENCY_LOCK_TTL_MS", "30000");
+        let ttl_ms: u64 = ttl_raw.parse().map_err(|_| ConfigError {
+            var: "PAYSTREAM_IDEMPOTENCY_LOCK_TTL_MS",
+            value: ttl_raw.clone(),
+            reason: "must be a whole number of milliseconds".into(),
+        })?;
+
+        let acq_raw = get("PAYSTREAM_ACQUIRER_TIMEOUT_MS", "10000");
+        let acq_ms: u64 = acq_raw.parse().map_err(|_| ConfigError {
+            var: "PAYSTREAM_ACQUIRER_TIMEOUT_MS",
+            value: acq_raw.clone(),
+            reason: "must be a whole number of milliseconds".into(),
+        })?;
+
+        let secs = |var: &'static str, default: &str| -> Result<Duration, ConfigError> {
+            let raw = get(var, default);
+            raw.parse::<u64>()
+                .map(Duration::from_secs)
+                .map_err(|_| ConfigError {
+                    var,
+                    value: raw.clone(),
+                    reason: "must be a whole number of seconds".into(),
+                })
+        };
+        let reconcile_interval = secs("PAYSTREAM_RECONCILE_INTERVAL_SECS", "900")?;
+        let reconcile_stuck_after = secs("PAYSTREAM_RECONCILE_STUCK_AFTER_SECS", "300")?;
+        let pool_raw = get("PAYSTREAM_DB_POOL_SIZE", "16");
+        let db_pool_size = pool_raw
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| ConfigError {
+                var: "PAYSTREAM_DB_POOL_SIZE",
+                value: pool_raw.clone(),
+                reason: "must be a whole number above 0".into(),
+            })?;
+
+        let webhook_secret_key = parse_webhook_key(&get(
+            "PAYSTREAM_WEBHOOK_SECRET_KEY",
+            DEVELOPMENT_WEBHOOK_SECRET_KEY,
+        ))?;
+        let wh_raw = get("PAYSTREAM_WEBHOOK_TIMEOUT_MS", "10000");
+        let webhook_timeout = match wh_raw.parse::<u64>() {
+            Ok(ms) if ms > 0 => Duration::from_millis(ms),
+            _ => {
+                return Err(ConfigError {
+                    var: "PAYSTREAM_WEBHOOK_TIMEOUT_MS",
+                    value: wh_raw,
+                    reason: "must be a positive whole number of milliseconds".into(),
+                })
+            }
+        };
+
+        Ok(Config {
+            database_url: Secret::new(database_url),
+            nats_url,
+            api_addr: addr("PAYSTREAM_API_ADDR", "127.0.0.1:8080")?,
+            vault_addr: addr("PAYSTREAM_VAULT_ADDR", "127.0.0.1:8081")?,
+            acquirer_url,
+            bootstrap_api_key: lookup("PAYSTREAM_BOOTSTRAP_API_KEY")
+                .filter(|v| !v.is_empty())
+                .map(Secret::new),
+            retry_base: Duration::from_millis(retry_ms),
+            stream_prefix,
+            webhook_allow_private,
+            idempotency_lock_ttl: Duration::from_millis(ttl_ms),
+            acquirer_webhook_secret: Secret::new(get(
+                "PAYSTREAM_ACQUIRER_WEBHOOK_SECRET",
+                "acq_whsec_local_development_only",
+            )),
+            acquirer_timeout: Duration::from_millis(acq_ms),
+            webhook_secret_key,
+            webhook_timeout,
+            reconcile_interval,
+            reconcile_stuck_after,
+            db_pool_size,
+        })
+    }
+}
+
+/// The webhook secret key: base64 of exactly 32 bytes. The error never shows the value.
+fn parse_webhook_key(raw: &str) -> Result<Secret<[u8; 32]>, ConfigError> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(raw.trim())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .map(Secret::new)
+        .ok_or_else(|| ConfigError {
+            var: "PAYSTREAM_WEBHOOK_SECRET_KEY",
+            value: "<hidden>".into(),
+            reason:
+                "must be base64 of exactly 32 random bytes (for example `openssl rand -base64 32`)"
+                    .into(),
+        })
+}
+
+fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.database_url.expose(), DEFAULT_DATABASE_URL);
+        assert_eq!(c.nats_url, DEFAULT_NATS_URL);
+        assert_eq!(c.api_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.vault_addr.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.acquirer_url, "http://127.0.0.1:8090");
+        assert!(c.bootstrap_api_key.is_none());
+        assert_eq!(c.retry_base, Duration::from_millis(1000));
+        assert_eq!(c.stream_prefix, "");
+        assert!(!c.webhook_allow_private);
+        assert_eq!(c.idempotency_lock_ttl, Duration::from_secs(30));
+        assert_eq!(c.acquirer_timeout, Duration::from_secs(10));
+        assert_eq!(c.reconcile_interval, Duration::from_secs(900));
+        assert_eq!(c.reconcile_stuck_after, Duration::from_secs(300));
+        assert!(cfg(&[("PAYSTREAM_RECONCILE_INTERVAL_SECS", "often")]).is_err());
+        assert_eq!(c.db_pool_size, 16);
+        assert!(cfg(&[("PAYSTREAM_DB_POOL_SIZE", "0")]).is_err());
+    }
+
+    #[test]
+    fn environment_overrides_and_validation() {
+        let c = cfg(&[
+            ("PAYSTREAM_RETRY_BASE_MS", "5"),
+            ("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE", "true"),
+            ("PAYSTREAM_STREAM_PREFIX", "t_1"),
+        ])
+        .unwrap();
+        assert_eq!(c.retry_base, Duration::from_millis(5));
+        assert!(c.webhook_allow_private);
+        assert_eq!(c.stream_prefix, "t_1");
+        assert!(cfg(&[("PAYSTREAM_RETRY_BASE_MS", "fast")]).is_err());
+        assert!(cfg(&[("PAYSTREAM_API_ADDR", "nowhere")]).is_err());
+        assert!(cfg(&[("PAYSTREAM_STREAM_PREFIX", "a.b")]).is_err());
+        assert!(cfg(&[("DATABASE_URL", "mysql://x")]).is_err());
+        assert!(cfg(&[("PAYSTREAM_ACQUIRER_URL", "ftp://x")]).is_err());
+        assert!(cfg(&[("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE", "maybe")]).is_err());
+        assert!(cfg(&[("PAYSTREAM_IDEMPOTENCY_LOCK_TTL_MS", "-1")]).is_err());
+    }
+
+    #[test]
+    fn webhook_settings() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(
+            c.webhook_secret_key.expose(),
+            b"paystream local development key!"
+        );
+        assert_eq!(c.webhook_timeout, Duration::from_secs(10));
+        let key = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+        let c = cfg(&[
+            ("PAYSTREAM_WEBHOOK_SECRET_KEY", key),
+            ("PAYSTREAM_WEBHOOK_TIMEOUT_MS", "250"),
+        ])
+        .unwrap();
+        assert_eq!(c.webhook_secret_key.expose()[0], 1);
+        assert_eq!(c.webhook_timeout, Duration::from_millis(250));
+        let short = cfg(&[("PAYSTREAM_WEBHOOK_SECRET_KEY", "c2hvcnQ=")]).unwrap_err();
+        assert_eq!(short.var, "PAYSTREAM_WEBHOOK_SECRET_KEY");
+        assert!(!short.to_string().contains("c2hvcnQ="));
+        assert!(cfg(&[("PAYSTREAM_WEBHOOK_SECRET_KEY", "not base64!")]).is_err());
+        assert!(cfg(&[("PAYSTREAM_WEBHOOK_TIMEOUT_MS", "0")]).is_err());
+        assert!(cfg(&[("PAYSTREAM_WEBHOOK_TIMEOUT_MS", "soon")]).is_err());
+    }
+
+    #[test]
+    fn errors_do_not_echo_the_database_url() {
+        let err = cfg(&[("DATABASE_URL", "mysql://user:hunter2@db")]).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"));
+    }
+}

@@ -1,0 +1,47 @@
+//! Domain values. Each is a parsed newtype: an invalid value cannot exist past the edge.
+//! Nothing in here knows about HTTP, NATS or SQL.
+
+pub mod ids;
+pub mod money;
+pub mod payment_intent;
+pub mod provider_event;
+pub mod refund;
+pub mod webhook;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+
+/// The current time at PostgreSQL's precision (microseconds), so a value read back from the
+/// database equals the one we wrote and answered with.
+pub fn now() -> DateTime<Utc> {
+    let t = Utc::now();
+    t.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(t)
+}
+
+/// A caller's mistake in a domain value, with the contract's error code and the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DomainError {
+    pub code: &'static str,
+    pub param: Option<String>,
+    pub message: String,
+}
+
+impl DomainError {
+    pub fn new(
+        code: &'static str,
+        param: impl Into<Option<String>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            code,
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error, blamed on another field (a value parsed for `amount` may sit in `amountToCapture`).
+    pub fn for_param(mut self, param: &str) -> Self {
+        self.param = Some(param.to_owned());
+        self
+    }
+}

@@ -1,0 +1,219 @@
+//! Merchants and their API keys. A secret key is shown once, at creation; only its SHA-256 is
+//! stored, so a copy of the table authenticates nobody.
+
+use chrono::{DateTime, Utc};
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgExecutor};
+
+use super::StoreError;
+use crate::domain::ids::IdKind;
+use crate::domain::DomainError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything the API offers.
+    Admin,
+    /// GET only: dashboards and reporting jobs that must never move money.
+    ReadOnly,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::ReadOnly => "read_only",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Role, DomainError> {
+        match raw {
+            "admin" => Ok(Role::Admin),
+            "read_only" => Ok(Role::ReadOnly),
+            _ => Err(DomainError::new(
+                "parameter_invalid",
+                Some("role".into()),
+                "role must be `admin` or `read_only`",
+            )),
+        }
+    }
+
+    /// The one check point for what a role may do.
+    pub fn may_write(self) -> bool {
+        matches!(self, Role::Admin)
+    }
+}
+
+/// A freshly created key. `secret` exists only in this value; it is never stored.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub merchant_id: String,
+    pub merchant_name: String,
+    pub key_id: String,
+    pub role: Role,
+    pub secret: crate::secret::Secret<String>,
+}
+
+/// Who a valid key belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOwner {
+    pub key_id: String,
+    pub merchant_id: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyInfo {
+    pub id: String,
+    pub merchant_id: String,
+    pub merchant_name: String,
+    pub key_prefix: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+pub fn hash_secret(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+pub fn generate_secret() -> String {
+    let body: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(40)
+        .map(char::from)
+        .collect();
+    format!("sk_{body}")
+}
+
+/// The merchant named `name`, created if missing.
+pub async fn ensure_merchant(conn: &mut PgConnection, name: &str) -> Result<String, StoreError> {
+    let id: String = sqlx::query_scalar(
+        "INSERT INTO merchants (id, name) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+         RETURNING id",
+    )
+    .bind(IdKind::Merchant.generate())
+    .bind(name)
+    .fetch_one(conn)
+    .await?;
+    Ok(id)
+}
+
+/// Creates a key for merchant `name` (creating the merchant if needed). With `secret` given,
+/// that secret is registered (bootstrap keys); otherwise a new one is generated.
+pub async fn create_key(
+    conn: &mut PgConnection,
+    name: &str,
+    role: Role,
+    secret: Option<&str>,
+) -> Result<NewKey, StoreError> {
+    let merchant_id = ensure_merchant(conn, name).await?;
+    let secret = secret.map(str::to_owned).unwrap_or_else(generate_secret);
+    let key_id = IdKind::ApiKey.generate();
+    let prefix: String = secret.chars().take(7).collect();
+    sqlx::query("INSERT INTO api_keys (id, merchant_id, key_hash, key_prefix, role) VALUES ($1, $2, $3, $4, $5)")
+        .bind(&key_id)
+        .bind(&merchant_id)
+        .bind(hash_secret(&secret))
+        .bind(prefix)
+        .bind(role.as_str())
+        .execute(conn)
+        .await?;
+    Ok(NewKey {
+        merchant_id,
+        merchant_name: name.to_owned(),
+        key_id,
+        role,
+        secret: crate::secret::Secret::new(secret),
+    })
+}
+
+/// Makes sure `secret` is an active admin key of merchant `name`; returns its merchant id.
+pub async fn ensure_bootstrap_key(
+    conn: &mut PgConnection,
+    name: &str,
+    secret: &str,
+) -> Result<String, StoreError> {
+    let existing: Option<String> = sqlx::query_scalar(
+        "SELECT merchant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(hash_secret(secret))
+    .fetch_optional(&mut *conn)
+    .await?;
+    match existing {
+        Some(merchant_id) => Ok(merchant_id),
+        None => Ok(create_key(conn, name, Role::Admin, Some(secret))
+            .await?
+            .merchant_id),
+    }
+}
+
+pub async fn authenticate<'e>(
+    db: impl PgExecutor<'e>,
+    secret: &str,
+) -> Result<Option<KeyOwner>, StoreError> {
+    let row: Option<(String, String, String)> = sqlx::query_as(
+        "SELECT id, merchant_id, role FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(hash_secret(secret))
+    .fetch_optional(db)
+    .await?;
+    row.map(|(key_id, merchant_id, role)| {
+        let role = Role::parse(&role).map_err(|e| StoreError::Corrupt {
+            id: key_id.clone(),
+            reason: e.message,
+        })?;
+        Ok(KeyOwner {
+            key_id,
+            merchant_id,
+            role,
+        })
+    })
+    .transpose()
+}
+
+pub async fn list_keys<'e>(db: impl PgExecutor<'e>) -> Result<Vec<KeyInfo>, StoreError> {
+    Ok(sqlx::query_as::<_, KeyInfo>(
+        "SELECT k.id, k.merchant_id, m.name AS merchant_name, k.key_prefix, k.role, k.created_at, k.revoked_at
+         FROM api_keys k JOIN merchants m ON m.id = k.merchant_id ORDER BY k.created_at, k.id",
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Revokes a key; `false` when no active key has that id.
+pub async fn revoke_key<'e>(db: impl PgExecutor<'e>, key_id: &str) -> Result<bool, StoreError> {
+    let done =
+        sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+            .bind(key_id)
+            .execute(db)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_random_and_hashes_stable() {
+        let a = generate_secret();
+        assert!(a.starts_with("sk_") && a.len() == 43);
+        assert_ne!(a, generate_secret());
+        assert_eq!(hash_secret(&a), hash_secret(&a));
+        assert_ne!(hash_secret(&a), hash_secret("sk_other"));
+    }
+
+    #[test]
+    fn roles() {
+        assert!(Role::parse("admin").unwrap().may_write());
+        assert!(!Role::parse("read_only").unwrap().may_write());
+        assert!(Role::parse("root").is_err());
+        assert_eq!(Role::ReadOnly.as_str(), "read_only");
+    }
+}

@@ -1,0 +1,379 @@
+//! Payment intent persistence. Reads are always scoped by merchant; the only write path for a
+//! status change is [`transition`], which consults the state machine and guards the UPDATE
+//! on the status it read, so two racing writers cannot both win.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+
+use super::StoreError;
+use crate::audit::{self, Actor, NewEntry};
+use crate::domain::money::{Amount, Currency};
+use crate::domain::payment_intent::{
+    CaptureMethod, PaymentError, PaymentIntent, PaymentIntentStatus, RedirectAction,
+};
+use crate::outbox;
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: String,
+    merchant_id: String,
+    amount: i64,
+    currency: String,
+    status: String,
+    amount_capturable: i64,
+    amount_received: i64,
+    amount_refunded: i64,
+    customer_id: String,
+    payment_method_id: Option<String>,
+    capture_method: String,
+    description: Option<String>,
+    metadata: sqlx::types::Json<BTreeMap<String, String>>,
+    last_payment_error: Option<sqlx::types::Json<PaymentError>>,
+    next_action: Option<sqlx::types::Json<RedirectAction>>,
+    return_url: Option<String>,
+    authorization_expires_at: Option<DateTime<Utc>>,
+    canceled_at: Option<DateTime<Utc>>,
+    cancellation_reason: Option<String>,
+    acquirer_charge_id: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<Row> for PaymentIntent {
+    type Error = StoreError;
+
+    fn try_from(r: Row) -> Result<Self, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            id: r.id.clone(),
+            reason,
+        };
+        Ok(PaymentIntent {
+            amount: Amount::from_stored(r.amount),
+            currency: Currency::parse(&r.currency).map_err(|e| corrupt(e.message))?,
+            status: r
+                .status
+                .parse::<PaymentIntentStatus>()
+                .map_err(|e| corrupt(e.message))?,
+            amount_capturable: Amount::from_stored(r.amount_capturable),
+            amount_received: Amount::from_stored(r.amount_received),
+            amount_refunded: Amount::from_stored(r.amount_refunded),
+            capture_method: CaptureMethod::parse(&r.capture_method)
+                .map_err(|e| corrupt(e.message))?,
+            metadata: r.metadata.0,
+            last_payment_error: r.last_payment_error.map(|j| j.0),
+            next_action: r.next_action.map(|j| j.0),
+            id: r.id,
+            merchant_id: r.merchant_id,
+            customer_id: r.customer_id,
+            payment_method_id: r.payment_method_id,
+            description: r.description,
+            return_url: r.return_url,
+            authorization_expires_at: r.authorization_expires_at,
+            canceled_at: r.canceled_at,
+            cancellation_reason: r.cancellation_reason,
+            acquirer_charge_id: r.acquirer_charge_id,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+const COLUMNS: &str =
+    "id, merchant_id, amount, currency, status, amount_capturable, amount_received, \
+    amount_refunded, customer_id, payment_method_id, capture_method, description, metadata, \
+    last_payment_error, next_action, return_url, authorization_expires_at, canceled_at, \
+    cancellation_reason, acquirer_charge_id, created_at, updated_at";
+
+/// Inserts a new intent with its `created` audit entry and `payment_intent.created` event.
+pub async fn insert(
+    conn: &mut PgConnection,
+    pi: &PaymentIntent,
+    actor: &Actor,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO payment_intents (id, merchant_id, amount, currency, status, amount_capturable,
+            amount_received, amount_refunded, customer_id, payment_method_id, capture_method,
+            description, metadata, last_payment_error, next_action, return_url,
+            authorization_expires_at, canceled_at, cancellation_reason, created_at, updated_at)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)",
+    )
+    .bind(&pi.id)
+    .bind(&pi.merchant_id)
+    .bind(pi.amount.minor_units())
+    .bind(pi.currency.code())
+    .bind(pi.status.as_str())
+    .bind(pi.amount_capturable.minor_units())
+    .bind(pi.amount_received.minor_units())
+    .bind(pi.amount_refunded.minor_units())
+    .bind(&pi.customer_id)
+    .bind(&pi.payment_method_id)
+    .bind(pi.capture_method.as_str())
+    .bind(&pi.description)
+    .bind(sqlx::types::Json(&pi.metadata))
+    .bind(pi.last_payment_error.as_ref().map(sqlx::types::Json))
+    .bind(pi.next_action.as_ref().map(sqlx::types::Json))
+    .bind(&pi.return_url)
+    .bind(pi.authorization_expires_at)
+    .bind(pi.canceled_at)
+    .bind(&pi.cancellation_reason)
+    .bind(pi.created_at)
+    .bind(pi.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    let after = pi.to_json();
+    audit::append(
+        &mut *conn,
+        NewEntry {
+            merchant_id: Some(&pi.merchant_id),
+            object_type: "payment_intent",
+            object_id: &pi.id,
+            action: "payment_intent.created",
+            actor,
+            before: None,
+            after: Some(after.clone()),
+        },
+    )
+    .await?;
+    outbox::record_event(
+        conn,
+        &pi.merchant_id,
+        "payment_intent.created",
+        &pi.id,
+        after,
+    )
+    .await?;
+    Ok(())
+}
+
+/// One intent of one merchant. Another merchant's id is simply not found.
+pub async fn get<'e>(
+    db: impl PgExecutor<'e>,
+    merchant_id: &str,
+    id: &str,
+) -> Result<Option<PaymentIntent>, StoreError> {
+    let row = sqlx::query_as::<_, Row>(&format!(
+        "SELECT {COLUMNS} FROM payment_intents WHERE id = $1 AND merchant_id = $2"
+    ))
+    .bind(id)
+    .bind(merchant_id)
+    .fetch_optional(db)
+    .await?;
+    row.map(PaymentIntent::try_from).transpose()
+}
+
+/// One intent of one merchant, locked (`FOR UPDATE`) for the rest of the caller's transaction:
+/// the state machine then decides on the row as it is now, and concurrent writers of the same
+/// intent (refunds, settlements, confirms) queue behind each other. One round trip.
+pub async fn get_for_update(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    id: &str,
+) -> Result<Option<PaymentIntent>, StoreError> {
+    let row = sqlx::query_as::<_, Row>(&format!(
+        "SELECT {COLUMNS} FROM payment_intents WHERE id = $1 AND merchant_id = $2 FOR UPDATE"
+    ))
+    .bind(id)
+    .bind(merchant_id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(PaymentIntent::try_from).transpose()
+}
+
+/// Loads an intent by id alone, for workers acting on a command that already names its merchant.
+pub async fn get_any<'e>(
+    db: impl PgExecutor<'e>,
+    id: &str,
+) -> Result<Option<PaymentIntent>, StoreError> {
+    let row = sqlx::query_as::<_, Row>(&format!(
+        "SELECT {COLUMNS} FROM payment_intents WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    row.map(PaymentIntent::try_from).transpose()
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub customer_id: Option<String>,
+    pub status: Option<PaymentIntentStatus>,
+    pub starting_after: Option<String>,
+    /// How many to return; the caller asks for one more to learn `hasMore`.
+    pub limit: i64,
+}
+
+/// Newest first, cursor after `starting_after` (an intent id of the same merchant).
+pub async fn list<'e>(
+    db: impl PgExecutor<'e>,
+    merchant_id: &str,
+    filter: &ListFilter,
+) -> Result<Vec<PaymentIntent>, StoreError> {
+    let rows = sqlx::query_as::<_, Row>(&format!(
+        "SELECT {COLUMNS} FROM payment_intents p
+         WHERE merchant_id = $1
+           AND ($2::text IS NULL OR customer_id = $2)
+           AND ($3::text IS NULL OR status = $3)
+           AND ($4::text IS NULL OR (created_at, id) < (
+                SELECT c.created_at, c.id FROM payment_intents c WHERE c.id = $4 AND c.merchant_id = $1))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $5"
+    ))
+    .bind(merchant_id)
+    .bind(&filter.customer_id)
+    .bind(filter.status.map(|s| s.as_str()))
+    .bind(&filter.starting_after)
+    .bind(filter.limit)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter().map(PaymentIntent::try_from).collect()
+}
+
+/// Whether `id` names an intent of this merchant (for validating a list cursor).
+pub async fn exists<'e>(
+    db: impl PgExecutor<'e>,
+    merchant_id: &str,
+    id: &str,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM payment_intents WHERE id = $1 AND merchant_id = $2)",
+    )
+    .bind(id)
+    .bind(merchant_id)
+    .fetch_one(db)
+    .await?)
+}
+
+/// Moves `current` to `to` after `change` edits the other fields, in the caller's transaction:
+/// asks the state machine, updates only if the row still has the status we read, and writes
+/// the audit entry (before and after) and, if given, the event. Returns the new intent.
+pub async fn transition(
+    conn: &mut PgConnection,
+    current: &PaymentIntent,
+    to: PaymentIntentStatus,
+    actor: &Actor,
+    event_type: Option<&str>,
+    change: impl FnOnce(&mut PaymentIntent),
+) -> Result<PaymentIntent, StoreError> {
+    current
+        .status
+        .transition(to)
+        .map_err(StoreError::InvalidTransition)?;
+    let mut next = current.clone();
+    change(&mut next);
+    next.status = to;
+    next.updated_at = crate::domain::now();
+    let updated = sqlx::query(
+        "UPDATE payment_intents SET status = $3, amount_capturable = $4, amount_received = $5,
+            amount_refunded = $6, payment_method_id = $7, last_payment_error = $8, next_action = $9,
+            return_url = $10, authorization_expires_at = $11, canceled_at = $12,
+            cancellation_reason = $13, updated_at = $14, acquirer_charge_id = $15
+         WHERE id = $1 AND status = $2",
+    )
+    .bind(&current.id)
+    .bind(current.status.as_str())
+    .bind(next.status.as_str())
+    .bind(next.amount_capturable.minor_units())
+    .bind(next.amount_received.minor_units())
+    .bind(next.amount_refunded.minor_units())
+    .bind(&next.payment_method_id)
+    .bind(next.last_payment_error.as_ref().map(sqlx::types::Json))
+    .bind(next.next_action.as_ref().map(sqlx::types::Json))
+    .bind(&next.return_url)
+    .bind(next.authorization_expires_at)
+    .bind(next.canceled_at)
+    .bind(&next.cancellation_reason)
+    .bind(next.updated_at)
+    .bind(&next.acquirer_charge_id)
+    .execute(&mut *conn)
+    .await?;
+    if updated.rows_affected() != 1 {
+        return Err(StoreError::Conflict {
+            object: "payment_intent",
+            id: current.id.clone(),
+            expected: current.status.to_string(),
+        });
+    }
+    let after = next.to_json();
+    audit::append(
+        &mut *conn,
+        NewEntry {
+            merchant_id: Some(&next.merchant_id),
+            object_type: "payment_intent",
+            object_id: &next.id,
+            action: event_type.unwrap_or("payment_intent.updated"),
+            actor,
+            before: Some(current.to_json()),
+            after: Some(after.clone()),
+        },
+    )
+    .await?;
+    if let Some(event_type) = event_type {
+        outbox::record_event(conn, &next.merchant_id, event_type, &next.id, after).await?;
+    }
+    Ok(next)
+}
+
+/// Adds a settled refund to a locked intent's `amountRefunded`; the intent becomes `refunded`
+/// when that reaches `amountReceived`. In the caller's transaction, with an audit entry.
+pub async fn apply_refund(
+    conn: &mut PgConnection,
+    intent: &PaymentIntent,
+    amount: Amount,
+    actor: &Actor,
+) -> Result<PaymentIntent, StoreError> {
+    let total = intent
+        .amount_refunded
+        .checked_add(amount)
+        .filter(|t| *t <= intent.amount_received)
+        .ok_or_else(|| StoreError::Corrupt {
+            id: intent.id.clone(),
+            reason: format!(
+                "refunds would exceed the amount received ({})",
+                intent.amount_received
+            ),
+        })?;
+    if total == intent.amount_received {
+        return transition(
+            conn,
+            intent,
+            PaymentIntentStatus::Refunded,
+            actor,
+            None,
+            |pi| pi.amount_refunded = total,
+        )
+        .await;
+    }
+    let mut next = intent.clone();
+    next.amount_refunded = total;
+    next.updated_at = crate::domain::now();
+    let updated = sqlx::query("UPDATE payment_intents SET amount_refunded = $3, updated_at = $4 WHERE id = $1 AND status = $2")
+        .bind(&intent.id)
+        .bind(intent.status.as_str())
+        .bind(total.minor_units())
+        .bind(next.updated_at)
+        .execute(&mut *conn)
+        .await?;
+    if updated.rows_affected() != 1 {
+        return Err(StoreError::Conflict {
+            object: "payment_intent",
+            id: intent.id.clone(),
+            expected: intent.status.to_string(),
+        });
+    }
+    audit::append(
+        &mut *conn,
+        NewEntry {
+            merchant_id: Some(&next.merchant_id),
+            object_type: "payment_intent",
+            object_id: &next.id,
+            action: "payment_intent.refund_applied",
+            actor,
+            before: Some(intent.to_json()),
+            after: Some(next.to_json()),
+        },
+    )
+    .await?;
+    Ok(next)
+}

@@ -1,0 +1,97 @@
+//! The objects as clients see them, in one place: the API answers with these, events carry
+//! them as `data`, and webhooks deliver them. Serialized with serde everywhere, so a response,
+//! its idempotent replay and the event it caused are byte-for-byte the same shape.
+//! With the `openapi` feature they also describe themselves for the API's docs.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "openapi")]
+use poem_openapi::{Enum, Object};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentErrorView {
+    pub code: String,
+    pub decline_code: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
+#[serde(rename_all = "camelCase")]
+pub struct RedirectToUrlView {
+    pub url: String,
+    pub return_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(Enum))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+#[serde(rename_all = "snake_case")]
+pub enum NextActionType {
+    RedirectToUrl,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
+#[serde(rename_all = "camelCase")]
+pub struct NextActionView {
+    #[serde(rename = "type")]
+    #[cfg_attr(feature = "openapi", oai(rename = "type"))]
+    pub action_type: NextActionType,
+    pub redirect_to_url: RedirectToUrlView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentIntentView {
+    pub id: String,
+    /// Integer count of the currency's minor unit.
+    pub amount: i64,
+    pub amount_capturable: i64,
+    pub amount_received: i64,
+    pub amount_refunded: i64,
+    pub currency: String,
+    /// One of CONTRACT.md's statuses, e.g. `requires_confirmation`, `processing`, `succeeded`.
+    pub status: String,
+    pub customer_id: String,
+    pub payment_method_id: Option<String>,
+    /// `automatic` or `manual`.
+    pub capture_method: String,
+    pub description: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub last_payment_error: Option<PaymentErrorView>,
+    pub next_action: Option<NextActionView>,
+    pub authorization_expires_at: Option<DateTime<Utc>>,
+    pub canceled_at: Option<DateTime<Utc>>,
+    pub cancellation_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
+#[serde(rename_all = "camelCase")]
+pub struct RefundView {
+    pub id: String,
+    pub payment_intent_id: String,
+    /// Integer count of the currency's minor unit.
+    pub amount: i64,
+    pub currency: String,
+    pub reason: Option<String>,
+    /// `pending`, `succeeded` or `failed`.
+    pub status: String,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+}
