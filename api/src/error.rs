@@ -1,0 +1,331 @@
+//! The API's error type and the contract's error shape:
+//! `{"error": {"type", "code", "message", "param"}}` with the most specific status.
+//! Caller mistakes carry a code from CONTRACT.md; unexpected failures become an opaque 500
+//! whose cause is logged, never shown.
+
+use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
+use serde::Serialize;
+
+use paystream_shared::domain::DomainError;
+use paystream_shared::store::StoreError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub code: String,
+    pub message: String,
+    pub param: Option<String>,
+    pub retry_after_secs: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    param: Option<&'a str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            code: code.to_owned(),
+            message: message.into(),
+            param: None,
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn invalid(code: &str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            code,
+            message,
+        )
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "unauthorized",
+            message,
+        )
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "role_not_allowed",
+            message,
+        )
+    }
+
+    pub fn not_found(what: &str, id: &str) -> Self {
+        let shown: String = id.chars().take(64).collect();
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "resource_missing",
+            format!("No such {what}: '{shown}'"),
+        )
+    }
+
+    pub fn conflict(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "invalid_request_error", code, message)
+    }
+
+    pub fn idempotency_reused() -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_error",
+            "idempotency_key_reused",
+            "This Idempotency-Key was already used with a different method, path or body. Use a new key for a new request.",
+        )
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "body_too_large",
+            format!("The request body exceeds {limit} bytes"),
+        )
+    }
+
+    /// An unexpected failure. The cause goes to the log; the client sees only that it happened.
+    pub fn internal(cause: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %error_chain(cause), "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error", "An unexpected error occurred; it has been logged. Retrying with the same Idempotency-Key is safe.")
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "service_unavailable",
+            message,
+        )
+    }
+
+    /// The response body bytes, as stored for idempotent replays.
+    pub fn body_bytes(&self) -> Vec<u8> {
+        let body = Body {
+            error: Inner {
+                kind: self.kind,
+                code: &self.code,
+                message: &self.message,
+                param: self.param.as_deref(),
+            },
+        };
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+impl poem::error::ResponseError for ApiError {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn as_response(&self) -> Response {
+        let mut resp = Response::builder()
+            .status(self.status)
+            .content_type("application/json")
+            .body(self.body_bytes());
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut().insert("Retry-After", secs.into());
+        }
+        resp
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        // State conflicts are 409s; everything else a caller can get wrong is a 400.
+        let err = if matches!(
+            e.code,
+            "invalid_state_transition" | "payment_intent_unexpected_state" | "charge_disputed"
+        ) {
+            ApiError::conflict(e.code, e.message)
+        } else {
+            ApiError::invalid(e.code, e.message)
+        };
+        match e.param {
+            Some(p) => err.with_param(p),
+            None => err,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::InvalidTransition(d) | StoreError::Rejected(d) => d.into(),
+            StoreError::Conflict { object, id, expected } => ApiError::conflict(
+                "invalid_state_transition",
+                format!("The {object} {id} changed while this request ran; it is no longer `{expected}`"),
+            ),
+            StoreError::NotFound(id) => ApiError::not_found("object", &id),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::internal(&e)
+    }
+}
+
+/// Maps any error that escaped a handler (poem's own parse errors, unknown routes, ...) to the
+/// contract's shape, so no client ever sees a bare text error.
+pub fn to_contract_response(err: poem::Error) -> Response {
+    if let Some(api) = err.downcast_ref::<ApiError>() {
+        return api.as_response_owned();
+    }
+    let status = err.status();
+    let message = err.to_string();
+    let api = match status {
+        StatusCode::NOT_FOUND => ApiError::new(
+            status,
+            "invalid_request_error",
+            "resource_missing",
+            "Unrecognized request URL",
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
+            status,
+            "invalid_request_error",
+            "method_not_allowed",
+            "This method is not allowed on this URL",
+        ),
+        StatusCode::UNAUTHORIZED => {
+            ApiError::unauthorized("A valid secret key is required: Authorization: Bearer <key>")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(crate::MAX_BODY_BYTES),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "parameter_invalid",
+            "The request body must be JSON (Content-Type: application/json)",
+        ),
+        s if s.is_client_error() => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "parameter_invalid",
+            scrub_message(&message),
+        ),
+        _ => {
+            tracing::error!(error = %message, %status, "unhandled error");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "internal_error",
+                "An unexpected error occurred; it has been logged.",
+            )
+        }
+    };
+    api.as_response_owned()
+}
+
+fn scrub_message(message: &str) -> String {
+    paystream_shared::telemetry::scrub(message)
+        .chars()
+        .take(300)
+        .collect()
+}
+
+impl ApiError {
+    fn as_response_owned(&self) -> Response {
+        poem::error::ResponseError::as_response(self)
+    }
+}
+
+/// Lets handlers return `Result<_, ApiError>`. The error responses are documented once in the
+/// API description rather than per operation.
+impl poem_openapi::ApiResponse for ApiError {
+    fn meta() -> poem_openapi::registry::MetaResponses {
+        poem_openapi::registry::MetaResponses {
+            responses: Vec::new(),
+        }
+    }
+
+    fn register(_registry: &mut poem_openapi::registry::Registry) {}
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.as_response_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_contract_shape() {
+        let e = ApiError::invalid("parameter_invalid", "bad").with_param("amount");
+        let v: serde_json::Value = serde_json::from_slice(&e.body_bytes()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"type": "invalid_request_error", "code": "parameter_invalid", "message": "bad", "param": "amount"}})
+        );
+    }
+
+    #[test]
+    fn domain_errors_map_to_400_or_409() {
+        let d = DomainError::new("invalid_state_transition", None, "no");
+        assert_eq!(ApiError::from(d).status, StatusCode::CONFLICT);
+        let d = DomainError::new("currency_invalid", Some("currency".into()), "no");
+        let e = ApiError::from(d);
+        assert_eq!(
+            (e.status, e.param.as_deref()),
+            (StatusCode::BAD_REQUEST, Some("currency"))
+        );
+    }
+
+    #[test]
+    fn foreign_errors_get_the_shape_too() {
+        let resp = to_contract_response(poem::Error::from_status(StatusCode::NOT_FOUND));
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let resp = to_contract_response(poem::Error::from_string("boom", StatusCode::BAD_GATEWAY));
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let resp =
+            to_contract_response(poem::Error::from_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let mut too_big =
+            to_contract_response(poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE));
+        assert_eq!(too_big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let _ = too_big.take_body();
+    }
+}

@@ -1,0 +1,238 @@
+//! Request and response payloads that keep the contract's error shape.
+//!
+//! `JsonBody<T>` parses with serde (not poem-openapi's own parser) so every mistake names the
+//! offending field in `param`, unknown fields are refused as Stripe does, and an integer field
+//! never accepts `10.5` or `"1099"`. `SerdeJson<T>` answers with serde too, so a response, its
+//! idempotent replay and the event it caused share one serialization.
+
+use poem::{IntoResponse, Request, RequestBody, Response};
+use poem_openapi::registry::{MetaMediaType, MetaRequest, MetaSchemaRef, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::MAX_BODY_BYTES;
+
+pub struct JsonBody<T>(pub T);
+
+/// Parses a JSON body into `T`, mapping every failure to a 400 that names the field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = paystream_shared::telemetry::scrub(&inner.to_string());
+        if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+            return ApiError::invalid(
+                "invalid_json",
+                format!("The request body is not valid JSON: {message}"),
+            );
+        }
+        let prefix = if path == "." {
+            String::new()
+        } else {
+            format!("{path}.")
+        };
+        if let Some(field) = backticked(&message, "missing field `") {
+            return ApiError::invalid(
+                "parameter_missing",
+                format!("Missing required param: {prefix}{field}"),
+            )
+            .with_param(format!("{prefix}{field}"));
+        }
+        if backticked(&message, "unknown field `").is_some() {
+            // For an unknown field the path already ends with the field's own name.
+            return ApiError::invalid(
+                "parameter_unknown",
+                format!("Received unknown parameter: {path}"),
+            )
+            .with_param(path);
+        }
+        let err = ApiError::invalid(
+            "parameter_invalid",
+            format!("Invalid value for `{path}`: {message}"),
+        );
+        if path == "." {
+            err
+        } else {
+            err.with_param(path)
+        }
+    })?;
+    de.end()
+        .map_err(|_| ApiError::invalid("invalid_json", "Unexpected data after the JSON body"))?;
+    Ok(value)
+}
+
+fn backticked<'a>(message: &'a str, lead: &str) -> Option<&'a str> {
+    let start = message.find(lead)? + lead.len();
+    let end = message[start..].find('`')? + start;
+    Some(&message[start..end])
+}
+
+impl<'a, T: DeserializeOwned + Type + Send> ApiExtractor<'a> for JsonBody<T> {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        Some(MetaRequest {
+            description: None,
+            content: vec![MetaMediaType {
+                content_type: "application/json",
+                schema: T::schema_ref(),
+            }],
+            required: false,
+        })
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        if let Some(ct) = request.content_type() {
+            let is_json = ct.starts_with("application/json") || ct.contains("+json");
+            if !is_json {
+                return Err(ApiError::invalid(
+                    "parameter_invalid",
+                    "The request body must be JSON (Content-Type: application/json)",
+                )
+                .into());
+            }
+        }
+        let bytes = body
+            .take()?
+            .into_bytes_limit(MAX_BODY_BYTES)
+            .await
+            .map_err(|_| ApiError::too_large(MAX_BODY_BYTES))?;
+        Ok(JsonBody(parse_json(&bytes)?))
+    }
+}
+
+/// A JSON response serialized with serde.
+pub struct SerdeJson<T>(pub T);
+
+impl<T: Serialize + Send> IntoResponse for SerdeJson<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_vec(&self.0) {
+            Ok(bytes) => Response::builder()
+                .content_type("application/json")
+                .body(bytes),
+            Err(e) => ApiError::internal(&e).into_response(),
+        }
+    }
+}
+
+impl<T: Type + Send> poem_openapi::payload::Payload for SerdeJson<T> {
+    const CONTENT_TYPE: &'static str = "application/json";
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+/// Parses `limit` (1..=100, default 10), as lists in CONTRACT.md take it.
+pub fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
+    match raw {
+        None => Ok(10),
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if (1..=100).contains(&n) => Ok(n),
+            _ => Err(ApiError::invalid(
+                "parameter_invalid",
+                "`limit` must be an integer from 1 to 100",
+            )
+            .with_param("limit")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Req {
+        amount: i64,
+        #[allow(dead_code)]
+        nested: Option<Nested>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Nested {
+        #[allow(dead_code)]
+        n: i64,
+    }
+
+    fn err(body: &str) -> ApiError {
+        parse_json::<Req>(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn every_parse_failure_names_its_field() {
+        assert_eq!(
+            parse_json::<Req>(br#"{"amount": 1099}"#).unwrap().amount,
+            1099
+        );
+        let e = err(r#"{"amount": 10.5}"#);
+        assert_eq!(
+            (e.code.as_str(), e.param.as_deref()),
+            ("parameter_invalid", Some("amount"))
+        );
+        let e = err(r#"{"amount": "1099"}"#);
+        assert_eq!(e.param.as_deref(), Some("amount"));
+        let e = err(r#"{}"#);
+        assert_eq!(
+            (e.code.as_str(), e.param.as_deref()),
+            ("parameter_missing", Some("amount"))
+        );
+        let e = err(r#"{"amount": 1, "colour": "red"}"#);
+        assert_eq!(
+            (e.code.as_str(), e.param.as_deref()),
+            ("parameter_unknown", Some("colour"))
+        );
+        let e = err(r#"{"amount": 1, "nested": {}}"#);
+        assert_eq!(e.param.as_deref(), Some("nested.n"));
+        let e = err(r#"{"amount": 1,"#);
+        assert_eq!(e.code, "invalid_json");
+        let e = err(r#"{"amount": 1} trailing"#);
+        assert_eq!(e.code, "invalid_json");
+        let e = err("[1]");
+        assert_eq!(
+            (e.code.as_str(), e.param.as_deref()),
+            ("parameter_invalid", None)
+        );
+    }
+
+    #[test]
+    fn error_messages_never_echo_a_card_number() {
+        let e = err(r#"{"amount": "4242424242424242"}"#);
+        assert!(!e.message.contains("4242424242424242"), "{}", e.message);
+    }
+
+    #[test]
+    fn limit_bounds() {
+        assert_eq!(parse_limit(None).unwrap(), 10);
+        assert_eq!(parse_limit(Some("100")).unwrap(), 100);
+        assert!(parse_limit(Some("0")).is_err());
+        assert!(parse_limit(Some("101")).is_err());
+        assert!(parse_limit(Some("ten")).is_err());
+    }
+}

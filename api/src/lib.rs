@@ -1,0 +1,150 @@
+//! The merchant-facing REST API: poem + poem-openapi. Handlers write state, audit and outbox in
+//! one transaction and never publish to NATS themselves (the relay does).
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod idempotency;
+pub mod metrics;
+pub mod routes;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use poem::listener::{Acceptor, TcpAcceptor};
+use poem::middleware::Tracing;
+use poem::{Endpoint, EndpointExt, IntoEndpoint, Route, Server};
+use poem_openapi::OpenApiService;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use paystream_shared::config::Config;
+
+/// JSON bodies above this are refused with 413 before they are parsed.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    /// `None` only in tests that run without a broker; `/readyz` then reports NATS as down.
+    pub nats: Option<async_nats::Client>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<metrics::ApiMetrics>,
+}
+
+/// Every API of the service, in the order the docs show them.
+pub type Apis = (
+    routes::payment_intents::PaymentIntentsApi,
+    routes::refunds::RefundsApi,
+    routes::webhooks::WebhooksApi,
+    routes::webhooks::EventsApi,
+    routes::audit::AuditApi,
+    routes::provider::ProviderApi,
+);
+
+fn apis() -> Apis {
+    (
+        routes::payment_intents::PaymentIntentsApi,
+        routes::refunds::RefundsApi,
+        routes::webhooks::WebhooksApi,
+        routes::webhooks::EventsApi,
+        routes::audit::AuditApi,
+        routes::provider::ProviderApi,
+    )
+}
+
+pub fn openapi_service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(apis(), "paystream", env!("CARGO_PKG_VERSION")).server("/api")
+}
+
+/// The whole HTTP application: `/api` behind authentication and idempotency, operations
+/// endpoints beside it, and every error in the contract's shape.
+pub fn app(state: AppState) -> impl Endpoint {
+    let api = openapi_service();
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    let metrics = state.metrics.clone();
+    // The acquirer has no merchant key; its notifications carry a signature instead. The
+    // route is the same operation the docs list under `/api`, served from a service of its
+    // own outside the guard. A static path outranks the `/api` nest's catch-all in poem's
+    // router, so requests for it never reach the guarded copy.
+    let provider = OpenApiService::new(
+        routes::provider::ProviderApi,
+        "paystream",
+        env!("CARGO_PKG_VERSION"),
+    );
+    Route::new()
+        .at(
+            "/api/provider/webhooks",
+            Route::new().nest("/api", provider),
+        )
+        .nest("/api", api.around(auth::guard))
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .at("/healthz", poem::get(routes::ops::healthz))
+        .at("/readyz", poem::get(routes::ops::readyz))
+        .at("/metrics", poem::get(routes::ops::metrics))
+        .catch_all_error(|e| async move { error::to_contract_response(e) })
+        .around(move |ep, req| {
+            let metrics = metrics.clone();
+            async move { metrics.observe(ep, req).await }
+        })
+        .data(state)
+        .with(Tracing)
+        .into_endpoint()
+}
+
+/// Serves on `listener` until `shutdown` fires, then lets requests in flight finish.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let acceptor = TcpAcceptor::from_std(listener)?;
+    tracing::info!(addr = ?acceptor.local_addr(), "paystream-api listening");
+    Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(
+            app(state),
+            shutdown.cancelled_owned(),
+            Some(Duration::from_secs(10)),
+        )
+        .await
+}
+
+/// Everything `paystream-api` does after reading its configuration: connect, migrate, serve.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let url = config.database_url.expose().clone();
+    paystream_shared::db::ensure_database(&url).await?;
+    let pool = paystream_shared::db::connect(&url, config.db_pool_size).await?;
+    paystream_shared::db::migrate(&pool).await?;
+    let (nats, js) = paystream_nats::topology::connect(&config.nats_url).await?;
+    let topology = paystream_nats::topology::Topology::new(&config.stream_prefix);
+    topology.ensure(&js).await?;
+    // Every API replica also drains the outbox; SKIP LOCKED lets several relays share it.
+    let relay = tokio::spawn(paystream_nats::relay::run(
+        pool.clone(),
+        js,
+        topology,
+        shutdown.clone(),
+    ));
+    let state = AppState {
+        pool,
+        nats: Some(nats),
+        config: Arc::new(config),
+        metrics: Arc::default(),
+    };
+    let served = run(listener, state, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Ok(Err(e)) = relay.await {
+        tracing::error!(error = %e, "outbox relay stopped with an error");
+    }
+    served?;
+    Ok(())
+}

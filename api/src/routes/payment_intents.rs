@@ -1,0 +1,605 @@
+//! Payment intents: create, read, list, confirm, capture and cancel. Every change goes through
+//! the state machine in `paystream_shared::store::payment_intents::transition` and commits with
+//! its audit entry, its events and its outbox command in one transaction.
+
+use std::collections::BTreeMap;
+
+use poem::http::StatusCode;
+use poem::Request;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::{Deserialize, Serialize};
+
+use paystream_shared::commands::PaymentCommand;
+use paystream_shared::domain::ids::IdKind;
+use paystream_shared::domain::money::{Amount, Currency};
+use paystream_shared::domain::payment_intent::{
+    is_test_payment_method, may_require_action, validate_metadata, CaptureMethod, PaymentIntent,
+    PaymentIntentStatus,
+};
+use paystream_shared::outbox;
+use paystream_shared::store::payment_intents::{self as store, ListFilter};
+use paystream_shared::views::PaymentIntentView;
+
+use crate::auth::{AuthContext, MerchantKey};
+use crate::error::ApiError;
+use crate::extract::{parse_limit, JsonBody, SerdeJson};
+use crate::{idempotency, AppState};
+
+#[derive(Debug, Deserialize, Object)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[oai(rename_all = "camelCase")]
+pub struct CreatePaymentIntent {
+    /// Integer count of the currency's minor unit, 1..=99999999.
+    pub amount: i64,
+    /// ISO 4217 code, lowercase (`usd`, `eur`, `jpy`, ...).
+    pub currency: String,
+    /// Your own customer reference; not checked.
+    pub customer_id: String,
+    pub payment_method_id: Option<String>,
+    /// `automatic` (default) or `manual`.
+    pub capture_method: Option<String>,
+    /// Confirm at once (requires `paymentMethodId`).
+    pub confirm: Option<bool>,
+    pub return_url: Option<String>,
+    pub description: Option<String>,
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize, Object)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[oai(rename_all = "camelCase")]
+pub struct ConfirmPaymentIntent {
+    pub payment_method_id: Option<String>,
+    /// If given, must equal the intent's currency.
+    pub currency: Option<String>,
+    pub return_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Object)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[oai(rename_all = "camelCase")]
+pub struct CapturePaymentIntent {
+    /// Defaults to everything capturable.
+    pub amount_to_capture: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize, Object)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[oai(rename_all = "camelCase")]
+pub struct CancelPaymentIntent {
+    /// `duplicate`, `fraudulent`, `requested_by_customer` or `abandoned`.
+    pub cancellation_reason: Option<String>,
+}
+
+#[derive(Object, Serialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentIntentList {
+    pub data: Vec<PaymentIntentView>,
+    pub has_more: bool,
+}
+
+#[derive(ApiResponse)]
+pub enum IntentResponse {
+    #[oai(status = 200)]
+    Ok(SerdeJson<PaymentIntentView>),
+    #[oai(status = 201)]
+    Created(SerdeJson<PaymentIntentView>),
+    #[oai(status = 202)]
+    Accepted(SerdeJson<PaymentIntentView>),
+}
+
+#[derive(ApiResponse)]
+pub enum ListResponse {
+    #[oai(status = 200)]
+    Ok(SerdeJson<PaymentIntentList>),
+}
+
+const MAX_TEXT: usize = 1000;
+const CANCELLATION_REASONS: &[&str] = &[
+    "duplicate",
+    "fraudulent",
+    "requested_by_customer",
+    "abandoned",
+];
+
+fn bounded_text(
+    value: Option<String>,
+    param: &str,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(v) if v.chars().count() > max => Err(ApiError::invalid(
+            "parameter_invalid",
+            format!("`{param}` may be at most {max} characters long"),
+        )
+        .with_param(param)),
+        other => Ok(other),
+    }
+}
+
+fn parse_return_url(value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(url) => {
+            let ok = (url.starts_with("https://") || url.starts_with("http://"))
+                && url.len() <= 2048
+                && url.len() > "http://".len()
+                && !url.chars().any(char::is_whitespace);
+            if ok {
+                Ok(Some(url))
+            } else {
+                Err(ApiError::invalid(
+                    "url_invalid",
+                    "`returnUrl` must be an http(s) URL of at most 2048 characters",
+                )
+                .with_param("returnUrl"))
+            }
+        }
+    }
+}
+
+/// Test payment methods always exist; others are `pm_` ids of this merchant (from the vault,
+/// once it lands). Anything else is a 400 naming the field.
+fn parse_payment_method(raw: Option<String>) -> Result<Option<String>, ApiError> {
+    match raw {
+        None => Ok(None),
+        Some(pm) if is_test_payment_method(&pm) => Ok(Some(pm)),
+        Some(pm) => {
+            let shown: String = paystream_shared::telemetry::scrub(&pm)
+                .chars()
+                .take(64)
+                .collect();
+            Err(ApiError::invalid(
+                "resource_missing",
+                format!("No such PaymentMethod: '{shown}'"),
+            )
+            .with_param("paymentMethodId"))
+        }
+    }
+}
+
+fn require_return_url_for(pm: &str, return_url: &Option<String>) -> Result<(), ApiError> {
+    if may_require_action(pm) && return_url.is_none() {
+        return Err(ApiError::invalid(
+            "parameter_missing",
+            "`returnUrl` is required to confirm a card that may need 3-D Secure authentication",
+        )
+        .with_param("returnUrl"));
+    }
+    Ok(())
+}
+
+async fn load(state: &AppState, auth: &AuthContext, id: &str) -> Result<PaymentIntent, ApiError> {
+    if IdKind::PaymentIntent.parse(id, "id").is_err() {
+        return Err(ApiError::not_found("payment_intent", id));
+    }
+    store::get(&state.pool, &auth.merchant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment_intent", id))
+}
+
+/// Reads the intent again inside the transaction, locked, so the state machine decides on the
+/// row as it is now rather than as it was when the request started.
+async fn lock(
+    conn: &mut sqlx::PgConnection,
+    auth: &AuthContext,
+    id: &str,
+) -> Result<PaymentIntent, ApiError> {
+    store::get_for_update(conn, &auth.merchant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment_intent", id))
+}
+
+/// Moves a locked intent to `processing` and queues the confirm command, in `conn`'s transaction.
+async fn start_confirm(
+    conn: &mut sqlx::PgConnection,
+    intent: PaymentIntent,
+    auth: &AuthContext,
+    payment_method_id: String,
+    return_url: Option<String>,
+) -> Result<PaymentIntent, ApiError> {
+    let actor = auth.actor();
+    let intent = if intent.status == PaymentIntentStatus::RequiresPaymentMethod {
+        store::transition(
+            conn,
+            &intent,
+            PaymentIntentStatus::RequiresConfirmation,
+            &actor,
+            None,
+            |pi| {
+                pi.payment_method_id = Some(payment_method_id.clone());
+            },
+        )
+        .await?
+    } else {
+        intent
+    };
+    let processing = store::transition(
+        conn,
+        &intent,
+        PaymentIntentStatus::Processing,
+        &actor,
+        Some("payment_intent.processing"),
+        |pi| {
+            pi.payment_method_id = Some(payment_method_id);
+            if return_url.is_some() {
+                pi.return_url = return_url;
+            }
+            pi.last_payment_error = None;
+        },
+    )
+    .await?;
+    let command = PaymentCommand::ConfirmV1 {
+        payment_intent_id: processing.id.clone(),
+        merchant_id: processing.merchant_id.clone(),
+    };
+    outbox::enqueue(conn, command.subject(), &command.to_json()).await?;
+    Ok(processing)
+}
+
+/// Serializes the view, stores it for the Idempotency-Key in `tx`, commits, and answers.
+async fn finish(
+    req: &Request,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    status: StatusCode,
+    intent: &PaymentIntent,
+) -> Result<IntentResponse, ApiError> {
+    let view = intent.view();
+    let body = serde_json::to_vec(&view).map_err(|e| ApiError::internal(&e))?;
+    idempotency::complete(req, &mut tx, status, &body).await?;
+    tx.commit().await?;
+    Ok(match status {
+        StatusCode::CREATED => IntentResponse::Created(SerdeJson(view)),
+        StatusCode::ACCEPTED => IntentResponse::Accepted(SerdeJson(view)),
+        _ => IntentResponse::Ok(SerdeJson(view)),
+    })
+}
+
+pub struct PaymentIntentsApi;
+
+#[OpenApi]
+impl PaymentIntentsApi {
+    /// Create a payment intent.
+    #[oai(path = "/payment-intents", method = "post")]
+    async fn create(
+        &self,
+        req: &Request,
+        auth: MerchantKey,
+        state: poem::web::Data<&AppState>,
+        body: JsonBody<CreatePaymentIntent>,
+    ) -> Result<IntentResponse, ApiError> {
+        let auth = auth.0;
+        let b = body.0;
+        let amount = Amount::parse_charge(b.amount, "amount")?;
+        let currency = Currency::parse(&b.currency)?;
+        let customer_id = b.customer_id.trim().to_owned();
+        if customer_id.is_empty() || customer_id.len() > 255 {
+            return Err(ApiError::invalid(
+                "parameter_invalid",
+                "`customerId` must be 1 to 255 characters",
+            )
+            .with_param("customerId"));
+        }
+        let capture_method = match b.capture_method.as_deref() {
+            Some(raw) => CaptureMethod::parse(raw)?,
+            None => CaptureMethod::Automatic,
+        };
+        let metadata = b.metadata.unwrap_or_default();
+        validate_metadata(&metadata)?;
+        let description = bounded_text(b.description, "description", MAX_TEXT)?;
+        let return_url = parse_return_url(b.return_url)?;
+        let payment_method_id = parse_payment_method(b.payment_method_id)?;
+        let confirm = b.confirm.unwrap_or(false);
+        if confirm {
+            let Some(pm) = &payment_method_id else {
+                return Err(ApiError::invalid(
+                    "parameter_missing",
+                    "`confirm: true` needs a `paymentMethodId`",
+                )
+                .with_param("paymentMethodId"));
+            };
+            require_return_url_for(pm, &return_url)?;
+        }
+
+        let now = paystream_shared::domain::now();
+        let intent = PaymentIntent {
+            id: IdKind::PaymentIntent.generate(),
+            merchant_id: auth.merchant_id.clone(),
+            amount,
+            currency,
+            status: if payment_method_id.is_some() {
+                PaymentIntentStatus::RequiresConfirmation
+            } else {
+                PaymentIntentStatus::RequiresPaymentMethod
+            },
+            amount_capturable: Amount::ZERO,
+            amount_received: Amount::ZERO,
+            amount_refunded: Amount::ZERO,
+            customer_id,
+            payment_method_id: payment_method_id.clone(),
+            capture_method,
+            description,
+            metadata,
+            last_payment_error: None,
+            next_action: None,
+            return_url: return_url.clone(),
+            authorization_expires_at: None,
+            canceled_at: None,
+            cancellation_reason: None,
+            acquirer_charge_id: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
+        store::insert(&mut tx, &intent, &auth.actor())
+            .await
+            .map_err(ApiError::from)?;
+        let intent = match (confirm, payment_method_id) {
+            (true, Some(pm)) => start_confirm(&mut tx, intent, &auth, pm, return_url).await?,
+            _ => intent,
+        };
+        finish(req, tx, StatusCode::CREATED, &intent).await
+    }
+
+    /// Retrieve a payment intent.
+    #[oai(path = "/payment-intents/:id", method = "get")]
+    async fn get(
+        &self,
+        auth: MerchantKey,
+        state: poem::web::Data<&AppState>,
+        id: Path<String>,
+    ) -> Result<IntentResponse, ApiError> {
+        let intent = load(&state, &auth.0, &id.0).await?;
+        Ok(IntentResponse::Ok(SerdeJson(intent.view())))
+    }
+
+    /// List payment intents, newest first.
+    #[oai(path = "/payment-intents", method = "get")]
+    async fn list(
+        &self,
+        auth: MerchantKey,
+        state: poem::web::Data<&AppState>,
+        #[oai(name = "customerId")] customer_id: Query<Option<String>>,
+        status: Query<Option<String>>,
+        limit: Query<Option<String>>,
+        #[oai(name = "startingAfter")] starting_after: Query<Option<String>>,
+    ) -> Result<ListResponse, ApiError> {
+        let auth = auth.0;
+        let limit = parse_limit(limit.0.as_deref())?;
+        let status = status
+            .0
+            .as_deref()
+            .map(str::parse::<PaymentIntentStatus>)
+            .transpose()?;
+        if let Some(cursor) = &starting_after.0 {
+            if !store::exists(&state.pool, &auth.merchant_id, cursor)
+                .await
+                .map_err(ApiError::from)?
+            {
+                return Err(ApiError::invalid(
+                    "resource_missing",
+                    "`startingAfter` names no payment intent of yours",
+                )
+                .with_param("startingAfter"));
+            }
+        }
+        let filter = ListFilter {
+            customer_id: customer_id.0,
+            status,
+            starting_after: starting_after.0,
+            limit: limit + 1,
+        };
+        let mut rows = store::list(&state.pool, &auth.merchant_id, &filter)
+            .await
+            .map_err(ApiError::from)?;
+        let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
+        let has_more = rows.len() > wanted;
+        rows.truncate(wanted);
+        Ok(ListResponse::Ok(SerdeJson(PaymentIntentList {
+            data: rows.iter().map(PaymentIntent::view).collect(),
+            has_more,
+        })))
+    }
+
+    /// Confirm a payment intent: it moves to `processing` and the confirm worker finishes it.
+    #[oai(path = "/payment-intents/:id/confirm", method = "post")]
+    async fn confirm(
+        &self,
+        req: &Request,
+        auth: MerchantKey,
+        state: poem::web::Data<&AppState>,
+        id: Path<String>,
+        body: JsonBody<ConfirmPaymentIntent>,
+    ) -> Result<IntentResponse, ApiError> {
+        let auth = auth.0;
+        let b = body.0;
+        let currency = b.currency.as_deref().map(Currency::parse).transpose()?;
+        let return_url = parse_return_url(b.return_url)?;
+        let requested_pm = parse_payment_method(b.payment_method_id)?;
+
+        let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
+        let intent = lock(&mut tx, &auth, &id.0).await?;
+        if let Some(c) = currency {
+            if c != intent.currency {
+                return Err(ApiError::invalid(
+                    "currency_mismatch",
+                    format!(
+                        "`currency` {c} differs from the payment intent's currency {}",
+                        intent.currency
+                    ),
+                )
+                .with_param("currency"));
+            }
+        }
+        if !matches!(
+            intent.status,
+            PaymentIntentStatus::RequiresConfirmation | PaymentIntentStatus::RequiresPaymentMethod
+        ) {
+            return Err(ApiError::from(
+                intent
+                    .status
+                    .transition(PaymentIntentStatus::Processing)
+                    .unwrap_err(),
+            ));
+        }
+        let Some(pm) = requested_pm.or_else(|| intent.payment_method_id.clone()) else {
+            return Err(ApiError::invalid(
+                "parameter_missing",
+                "This payment intent has no payment method; pass `paymentMethodId`",
+            )
+            .with_param("paymentMethodId"));
+        };
+        require_return_url_for(
+            &pm,
+            &return_url.clone().or_else(|| intent.return_url.clone()),
+        )?;
+        let intent = start_confirm(&mut tx, intent, &auth, pm, return_url).await?;
+        finish(req, tx, StatusCode::ACCEPTED, &intent).await
+    }
+
+    /// Capture an authorized (manual-capture) payment intent.
+    #[oai(path = "/payment-intents/:id/capture", method = "post")]
+    async fn capture(
+        &self,
+        req: &Request,
+        auth: MerchantKey,
+        state: poem::web::Data<&AppState>,
+        id: Path<String>,
+        body: JsonBody<CapturePaymentIntent>,
+    ) -> Result<IntentResponse, ApiError> {
+        let auth = auth.0;
+        let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
+        let intent = lock(&mut tx, &auth, &id.0).await?;
+        intent.status.transition(PaymentIntentStatus::Processing)?;
+        if intent.status != PaymentIntentStatus::RequiresCapture {
+            return Err(ApiError::conflict(
+                "invalid_state_transition",
+                format!(
+                    "Only a `requires_capture` payment intent can be captured; this one is `{}`",
+                    intent.status
+                ),
+            ));
+        }
+        let amount = match body.0.amount_to_capture {
+            None => intent.amount_capturable,
+            Some(raw) => {
+                let a = Amount::parse_charge(raw, "amountToCapture")?;
+                if a > intent.amount_capturable {
+                    return Err(ApiError::invalid(
+                        "amount_too_large",
+                        format!(
+                            "`amountToCapture` exceeds the capturable {}",
+                            intent.amount_capturable
+                        ),
+                    )
+                    .with_param("amountToCapture"));
+                }
+                a
+            }
+        };
+        let intent = store::transition(
+            &mut tx,
+            &intent,
+            PaymentIntentStatus::Processing,
+            &auth.actor(),
+            None,
+            |_| {},
+        )
+        .await
+        .map_err(ApiError::from)?;
+        let command = PaymentCommand::CaptureV1 {
+            payment_intent_id: intent.id.clone(),
+            merchant_id: intent.merchant_id.clone(),
+            amount_to_capture: amount.minor_units(),
+        };
+        outbox::enqueue(&mut tx, command.subject(), &command.to_json())
+            .await
+            .map_err(ApiError::from)?;
+        finish(req, tx, StatusCode::ACCEPTED, &intent).await
+    }
+
+    /// Cancel a payment intent. Canceling an authorization voids it at the acquirer.
+    #[oai(path = "/payment-intents/:id/cancel", method = "post")]
+    async fn cancel(
+        &self,
+        req: &Request,
+        auth: MerchantKey,
+        state: poem::web::Data<&AppState>,
+        id: Path<String>,
+        body: JsonBody<CancelPaymentIntent>,
+    ) -> Result<IntentResponse, ApiError> {
+        let auth = auth.0;
+        let reason = body.0.cancellation_reason;
+        if let Some(r) = &reason {
+            if !CANCELLATION_REASONS.contains(&r.as_str()) {
+                return Err(ApiError::invalid(
+                    "parameter_invalid",
+                    format!(
+                        "`cancellationReason` must be one of {}",
+                        CANCELLATION_REASONS.join(", ")
+                    ),
+                )
+                .with_param("cancellationReason"));
+            }
+        }
+        let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
+        let intent = lock(&mut tx, &auth, &id.0).await?;
+        let was_authorized = intent.status == PaymentIntentStatus::RequiresCapture;
+        let intent = store::transition(
+            &mut tx,
+            &intent,
+            PaymentIntentStatus::Canceled,
+            &auth.actor(),
+            Some("payment_intent.canceled"),
+            |pi| {
+                pi.canceled_at = Some(paystream_shared::domain::now());
+                pi.cancellation_reason =
+                    reason.or_else(|| Some("requested_by_customer".to_owned()));
+                pi.amount_capturable = Amount::ZERO;
+                pi.next_action = None;
+            },
+        )
+        .await
+        .map_err(ApiError::from)?;
+        if was_authorized {
+            let command = PaymentCommand::CancelV1 {
+                payment_intent_id: intent.id.clone(),
+                merchant_id: intent.merchant_id.clone(),
+            };
+            outbox::enqueue(&mut tx, command.subject(), &command.to_json())
+                .await
+                .map_err(ApiError::from)?;
+        }
+        finish(req, tx, StatusCode::OK, &intent).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_urls() {
+        assert!(parse_return_url(Some("https://shop.example/done".into())).is_ok());
+        assert!(parse_return_url(Some("javascript:alert(1)".into())).is_err());
+        assert!(parse_return_url(Some("https://a b".into())).is_err());
+        assert!(parse_return_url(None).unwrap().is_none());
+    }
+
+    #[test]
+    fn payment_methods_and_3ds() {
+        assert!(parse_payment_method(Some("pm_card_visa".into())).is_ok());
+        let e = parse_payment_method(Some("4242424242424242".into())).unwrap_err();
+        assert!(!e.message.contains("4242424242424242"));
+        assert!(require_return_url_for("pm_card_threeDSecureRequired", &None).is_err());
+        assert!(require_return_url_for("pm_card_visa", &None).is_ok());
+    }
+
+    #[test]
+    fn text_bounds() {
+        assert!(bounded_text(Some("x".repeat(1001)), "description", MAX_TEXT).is_err());
+        assert!(bounded_text(Some("x".repeat(1000)), "description", MAX_TEXT).is_ok());
+    }
+}

@@ -1,0 +1,176 @@
+//! Refunds: `POST /api/refunds` and its alias `POST /api/payment-intents/{id}/refund`, get and
+//! list. The over-refund check runs with the intent's row locked, inside the transaction that
+//! inserts the refund (`paystream_shared::store::refunds::create`).
+
+use poem::http::StatusCode;
+use poem::Request;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::{Deserialize, Serialize};
+
+use paystream_shared::domain::ids::IdKind;
+use paystream_shared::domain::money::Amount;
+use paystream_shared::domain::refund::parse_reason;
+use paystream_shared::store::refunds::{self as store, Refund};
+use paystream_shared::views::RefundView;
+
+use crate::auth::{AuthContext, MerchantKey};
+use crate::error::ApiError;
+use crate::extract::{parse_limit, JsonBody, SerdeJson};
+use crate::{idempotency, AppState};
+
+#[derive(Debug, Deserialize, Object)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[oai(rename_all = "camelCase")]
+pub struct CreateRefund {
+    pub payment_intent_id: String,
+    /// Minor units; defaults to everything not yet refunded.
+    pub amount: Option<i64>,
+    /// `duplicate`, `fraudulent` or `requested_by_customer`.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Object)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[oai(rename_all = "camelCase")]
+pub struct RefundIntent {
+    pub amount: Option<i64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Object, Serialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct RefundList {
+    pub data: Vec<RefundView>,
+    pub has_more: bool,
+}
+
+#[derive(ApiResponse)]
+pub enum RefundResponse {
+    #[oai(status = 200)]
+    Ok(SerdeJson<RefundView>),
+    #[oai(status = 201)]
+    Created(SerdeJson<RefundView>),
+}
+
+#[derive(ApiResponse)]
+pub enum RefundListResponse {
+    #[oai(status = 200)]
+    Ok(SerdeJson<RefundList>),
+}
+
+async fn create_refund(
+    req: &Request,
+    state: &AppState,
+    auth: &AuthContext,
+    intent_id: &str,
+    param: &str,
+    amount: Option<i64>,
+    reason: Option<String>,
+) -> Result<RefundResponse, ApiError> {
+    let amount = amount
+        .map(|a| Amount::parse_charge(a, "amount"))
+        .transpose()?;
+    let reason = parse_reason(reason)?;
+    if IdKind::PaymentIntent.parse(intent_id, param).is_err() {
+        return Err(ApiError::not_found("payment_intent", intent_id).with_param(param));
+    }
+    let mut tx = state.pool.begin().await?;
+    let intent = paystream_shared::store::payment_intents::get_for_update(
+        &mut tx,
+        &auth.merchant_id,
+        intent_id,
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found("payment_intent", intent_id).with_param(param))?;
+    let refund = store::create(&mut tx, &intent, amount, reason, &auth.actor()).await?;
+    let view = refund.view();
+    let body = serde_json::to_vec(&view).map_err(|e| ApiError::internal(&e))?;
+    idempotency::complete(req, &mut tx, StatusCode::CREATED, &body).await?;
+    tx.commit().await?;
+    Ok(RefundResponse::Created(SerdeJson(view)))
+}
+
+pub struct RefundsApi;
+
+#[OpenApi]
+impl RefundsApi {
+    /// Refund a succeeded payment intent, in full or in part.
+    #[oai(path = "/refunds", method = "post")]
+    async fn create(
+        &self,
+        req: &Request,
+        auth: MerchantKey,
+        state: poem::web::Data<&AppState>,
+        body: JsonBody<CreateRefund>,
+    ) -> Result<RefundResponse, ApiError> {
+        let b = body.0;
+        create_refund(
+            req,
+            &state,
+            &auth.0,
+            &b.payment_intent_id,
+            "paymentIntentId",
+            b.amount,
+            b.reason,
+        )
+        .await
+    }
+
+    /// The same as `POST /refunds` for this payment intent.
+    #[oai(path = "/payment-intents/:id/refund", method = "post")]
+    async fn refund_intent(
+        &self,
+        req: &Request,
+        auth: MerchantKey,
+        state: poem::web::Data<&AppState>,
+        id: Path<String>,
+        body: JsonBody<RefundIntent>,
+    ) -> Result<RefundResponse, ApiError> {
+        let b = body.0;
+        create_refund(req, &state, &auth.0, &id.0, "id", b.amount, b.reason).await
+    }
+
+    /// Retrieve a refund.
+    #[oai(path = "/refunds/:id", method = "get")]
+    async fn get(
+        &self,
+        auth: MerchantKey,
+        state: poem::web::Data<&AppState>,
+        id: Path<String>,
+    ) -> Result<RefundResponse, ApiError> {
+        let refund = store::get(&state.pool, &auth.0.merchant_id, &id.0)
+            .await?
+            .ok_or_else(|| ApiError::not_found("refund", &id.0))?;
+        Ok(RefundResponse::Ok(SerdeJson(refund.view())))
+    }
+
+    /// List refunds, newest first, optionally of one payment intent.
+    #[oai(path = "/refunds", method = "get")]
+    async fn list(
+        &self,
+        auth: MerchantKey,
+        state: poem::web::Data<&AppState>,
+        #[oai(name = "paymentIntentId")] payment_intent_id: Query<Option<String>>,
+        limit: Query<Option<String>>,
+        #[oai(name = "startingAfter")] starting_after: Query<Option<String>>,
+    ) -> Result<RefundListResponse, ApiError> {
+        let limit = parse_limit(limit.0.as_deref())?;
+        let mut rows = store::list(
+            &state.pool,
+            &auth.0.merchant_id,
+            payment_intent_id.0.as_deref(),
+            starting_after.0.as_deref(),
+            limit + 1,
+        )
+        .await?;
+        let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
+        let has_more = rows.len() > wanted;
+        rows.truncate(wanted);
+        Ok(RefundListResponse::Ok(SerdeJson(RefundList {
+            data: rows.iter().map(Refund::view).collect(),
+            has_more,
+        })))
+    }
+}
