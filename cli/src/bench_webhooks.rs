@@ -1,0 +1,366 @@
+//! `paystream bench-webhooks`: webhook deliveries per second and the latency from an event's
+//! `createdAt` to its receipt, against a running stack (`paystream up`).
+//!
+//! It starts a sink on 127.0.0.1:0 (the stack must allow private webhook addresses, which
+//! `paystream up` does), subscribes it to `payment_intent.created` through the API (once per
+//! `--subscriptions`, each on its own path, so one event fans out to that many deliveries),
+//! then creates `--events` payment intents at `--concurrency`. Each creation is one event, so
+//! the API's create rate bounds the event rate; more subscriptions put more deliveries behind
+//! each event and so measure the delivery side past that bound. The sink verifies every
+//! signature, and the subscriptions are deleted afterwards.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use poem::listener::TcpAcceptor;
+use poem::web::Data;
+use poem::{EndpointExt, Route, Server};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use paystream_shared::config::Config;
+use paystream_shared::domain::webhook::WebhookSecret;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchWebhooksArgs {
+    /// How many events to create (one payment intent each).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub events: u64,
+    /// How many creations are in flight at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub concurrency: u64,
+    /// Subscriptions of the sink: each event is delivered this many times.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub subscriptions: u64,
+    /// The API: a URL, or host:port as in PAYSTREAM_API_ADDR.
+    #[arg(long, env = "PAYSTREAM_API_ADDR", default_value = "127.0.0.1:8080")]
+    pub api: String,
+    /// An admin secret key of the merchant to use.
+    #[arg(long, env = "PAYSTREAM_BOOTSTRAP_API_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// Give up waiting for deliveries after this long.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_secs: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One delivery the sink received.
+struct Hit {
+    at: DateTime<Utc>,
+    created_at: Option<DateTime<Utc>>,
+    valid: bool,
+}
+
+#[derive(Default)]
+struct SinkState {
+    /// The secret of each subscription, by the sink path it delivers to.
+    secrets: Mutex<HashMap<String, WebhookSecret>>,
+    /// (path, webhook-id) -> first receipt; a redelivery counts once.
+    hits: Mutex<HashMap<(String, String), Hit>>,
+    duplicates: Mutex<u64>,
+}
+
+#[poem::handler]
+async fn receive(
+    req: &poem::Request,
+    body: Vec<u8>,
+    state: Data<&Arc<SinkState>>,
+) -> poem::http::StatusCode {
+    let at = Utc::now();
+    let path = req.uri().path().to_owned();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let id = header("webhook-id");
+    let ts: i64 = header("webhook-timestamp").parse().unwrap_or(0);
+    let valid = state
+        .secrets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&path)
+        .is_some_and(|s| s.verify(&id, ts, &body, &header("webhook-signature")));
+    let created_at = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["createdAt"].as_str().map(str::to_owned))
+        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let mut hits = state.hits.lock().unwrap_or_else(|p| p.into_inner());
+    if hits.contains_key(&(path.clone(), id.clone())) {
+        *state.duplicates.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    } else {
+        hits.insert(
+            (path, id),
+            Hit {
+                at,
+                created_at,
+                valid,
+            },
+        );
+    }
+    poem::http::StatusCode::NO_CONTENT
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub events: u64,
+    pub subscriptions: u64,
+    pub concurrency: u64,
+    pub deliveries_expected: u64,
+    pub deliveries_received: u64,
+    pub duplicates: u64,
+    pub invalid_signatures: u64,
+    /// Events created per second (the API's create rate).
+    pub events_per_sec: f64,
+    /// Deliveries received per second, first creation to last receipt.
+    pub deliveries_per_sec: f64,
+    pub latency_ms: Percentiles,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// The value at quantile `q` (0..=1) of sorted `values` (nearest rank).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let last = sorted.len() - 1;
+    #[allow(
+        clippy::float_arithmetic,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    let rank = ((q * last as f64).round() as usize).min(last);
+    sorted[rank]
+}
+
+fn api_url(raw: &str) -> String {
+    let raw = raw.trim_end_matches('/');
+    if raw.starts_with("http://") || raw.starts_with("https://") {
+        raw.to_owned()
+    } else {
+        format!("http://{raw}")
+    }
+}
+
+pub async fn run(_config: &Config, args: BenchWebhooksArgs) -> anyhow::Result<ExitCode> {
+    let Some(key) = args.key.clone() else {
+        bail!("--key (or PAYSTREAM_BOOTSTRAP_API_KEY) is required: an admin key of the merchant to use");
+    };
+    let api = api_url(&args.api);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(1024)
+        .build()?;
+
+    // The sink.
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding the sink")?;
+    let sink = format!("http://{}", listener.local_addr()?);
+    listener.set_nonblocking(true)?;
+    let state = Arc::new(SinkState::default());
+    let stop = CancellationToken::new();
+    let server = {
+        let app = Route::new()
+            .at("/*path", poem::post(receive))
+            .data(state.clone());
+        let acceptor = TcpAcceptor::from_std(listener)?;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            Server::new_with_acceptor(acceptor)
+                .run_with_graceful_shutdown(app, stop.cancelled_owned(), Some(Duration::ZERO))
+                .await
+        })
+    };
+
+    // The subscriptions.
+    let mut subscription_ids = Vec::new();
+    for n in 0..args.subscriptions {
+        let path = format!("/s{n}");
+        let resp = http
+            .post(format!("{api}/api/webhooks/subscribe"))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({"url": format!("{sink}{path}"), "events": ["payment_intent.created"]}))
+            .send()
+            .await
+            .context("subscribing the sink")?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        if status.as_u16() != 201 {
+            bail!("subscribing the sink answered {status}: {body} (is PAYSTREAM_WEBHOOK_ALLOW_PRIVATE on?)");
+        }
+        let secret = WebhookSecret::parse(body["secret"].as_str().unwrap_or_default())
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        state
+            .secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path, secret);
+        subscription_ids.push(body["id"].as_str().unwrap_or_default().to_owned());
+    }
+
+    // The events.
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut creators = Vec::new();
+    for _ in 0..args.concurrency {
+        let (http, api, key, next) = (http.clone(), api.clone(), key.clone(), next.clone());
+        let total = args.events;
+        creators.push(tokio::spawn(async move {
+            let mut failed = 0u64;
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                let ok = http
+                    .post(format!("{api}/api/payment-intents"))
+                    .bearer_auth(&key)
+                    .json(&serde_json::json!({"amount": 1099, "currency": "usd", "customerId": "cus_bench_webhooks"}))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() == 201);
+                if !ok {
+                    failed += 1;
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = 0;
+    for c in creators {
+        failed += c.await.unwrap_or(0);
+    }
+    let created_in = started.elapsed();
+    if failed > 0 {
+        eprintln!("{failed} creations failed");
+    }
+    let created = args.events.saturating_sub(failed);
+    let expected = created * args.subscriptions;
+
+    // Wait for the deliveries.
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let mut last_count = 0;
+    loop {
+        let count = state.hits.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let count = u64::try_from(count).unwrap_or(u64::MAX);
+        if count >= expected || Instant::now() >= deadline {
+            break;
+        }
+        if !args.json && count / 1000 != last_count / 1000 {
+            eprintln!("  {count}/{expected} delivered");
+        }
+        last_count = count;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+
+    // Clean up: the sink is about to go away.
+    for id in &subscription_ids {
+        let _ = http
+            .delete(format!("{api}/api/webhooks/subscriptions/{id}"))
+            .bearer_auth(&key)
+            .send()
+            .await;
+    }
+    stop.cancel();
+    let _ = server.await;
+
+    let hits = state.hits.lock().unwrap_or_else(|p| p.into_inner());
+    let last_receipt = hits.values().map(|h| h.at).max();
+    let mut latencies: Vec<f64> = hits
+        .values()
+        .filter_map(|h| {
+            h.created_at
+                .map(|c| (h.at - c).num_microseconds().unwrap_or(0))
+        })
+        .map(|us| {
+            #[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
+            let ms = us as f64 / 1000.0;
+            ms
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let received = u64::try_from(hits.len()).unwrap_or(u64::MAX);
+    let invalid = u64::try_from(hits.values().filter(|h| !h.valid).count()).unwrap_or(0);
+    let window = match (
+        last_receipt,
+        hits.values().filter_map(|h| h.created_at).min(),
+    ) {
+        (Some(last), Some(first)) => (last - first).to_std().unwrap_or(elapsed),
+        _ => elapsed,
+    };
+    #[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
+    let report = Report {
+        events: created,
+        subscriptions: args.subscriptions,
+        concurrency: args.concurrency,
+        deliveries_expected: expected,
+        deliveries_received: received,
+        duplicates: *state.duplicates.lock().unwrap_or_else(|p| p.into_inner()),
+        invalid_signatures: invalid,
+        events_per_sec: created as f64 / created_in.as_secs_f64().max(1e-9),
+        deliveries_per_sec: received as f64 / window.as_secs_f64().max(1e-9),
+        latency_ms: Percentiles {
+            p50: percentile(&latencies, 0.50),
+            p90: percentile(&latencies, 0.90),
+            p99: percentile(&latencies, 0.99),
+            max: latencies.last().copied().unwrap_or(0.0),
+        },
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "events {} ({:.0}/s created, concurrency {}), subscriptions {}",
+            report.events, report.events_per_sec, report.concurrency, report.subscriptions
+        );
+        println!(
+            "deliveries {}/{} received, {:.0}/s, {} duplicates, {} bad signatures",
+            report.deliveries_received,
+            report.deliveries_expected,
+            report.deliveries_per_sec,
+            report.duplicates,
+            report.invalid_signatures
+        );
+        println!(
+            "event createdAt -> received: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            report.latency_ms.p50,
+            report.latency_ms.p90,
+            report.latency_ms.p99,
+            report.latency_ms.max
+        );
+    }
+    Ok(if received >= expected && invalid == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 51.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v, 1.0), 100.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+        assert_eq!(api_url("127.0.0.1:8080/"), "http://127.0.0.1:8080");
+        assert_eq!(api_url("https://x"), "https://x");
+    }
+}

@@ -1,0 +1,463 @@
+//! `paystream up`: the whole stack on one machine, as child processes with the production
+//! topology. It uses PostgreSQL and NATS at the configured URLs; where none answers it starts
+//! its own from the binaries on this machine (under `--data-dir`), or says what to install.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+
+use paystream_shared::config::Config;
+use paystream_shared::store::merchants;
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Where a PostgreSQL or NATS started by `up` keeps its data.
+    #[arg(long, default_value = ".paystream")]
+    pub data_dir: PathBuf,
+    /// How long every process gets to answer its health check.
+    #[arg(long, default_value_t = 60)]
+    pub ready_timeout_secs: u64,
+}
+
+/// The processes `up` runs, in start order. Names are binary names next to `paystream`.
+const SERVICES: &[&str] = &[
+    "acquirer-sim",
+    "paystream-api",
+    "confirm-worker",
+    "refund-worker",
+    "webhook-worker",
+    "scheduler",
+    "vault",
+];
+
+struct Supervised {
+    name: String,
+    child: Child,
+}
+
+#[derive(Default)]
+struct Supervisor {
+    children: Vec<Supervised>,
+}
+
+impl Supervisor {
+    fn adopt(&mut self, name: &str, child: Child) {
+        self.children.push(Supervised {
+            name: name.to_owned(),
+            child,
+        });
+    }
+
+    /// The first child that exited, if any.
+    fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
+        self.children
+            .iter_mut()
+            .find_map(|s| match s.child.try_wait() {
+                Ok(Some(status)) => Some((s.name.clone(), status)),
+                _ => None,
+            })
+    }
+
+    /// SIGTERM everyone (newest first, so the database and broker go last), wait, then kill.
+    async fn stop(&mut self) {
+        for s in self.children.iter().rev() {
+            if let Some(pid) = s.child.id() {
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
+        for s in self.children.iter_mut().rev() {
+            match tokio::time::timeout(Duration::from_secs(15), s.child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    eprintln!("{} did not stop in time; killing it", s.name);
+                    let _ = s.child.kill().await;
+                }
+            }
+        }
+        self.children.clear();
+    }
+}
+
+fn binary_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the paystream binary")?;
+    Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// The binaries `up` runs that are not built yet (`vault` does not exist yet, so it is not
+/// asked for).
+fn missing_binaries(dir: &Path) -> Vec<&'static str> {
+    SERVICES
+        .iter()
+        .copied()
+        .filter(|name| *name != "vault" && !dir.join(name).is_file())
+        .collect()
+}
+
+/// When `paystream` runs from a workspace build (`cargo run --bin paystream -- up` builds only
+/// itself), build the sibling binaries first, with the same profile, so the README's one
+/// command starts the whole system.
+async fn build_missing_binaries(dir: &Path) -> anyhow::Result<()> {
+    let missing = missing_binaries(dir);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let profile_dir = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let workspace = dir
+        .ancestors()
+        .skip(2)
+        .find(|d| d.join("Cargo.toml").is_file() && d.join("cli").is_dir());
+    let Some(workspace) = workspace else {
+        return Ok(()); // an installed binary: start what is there
+    };
+    println!(
+        "building {} (cargo build --workspace --bins)",
+        missing.join(", ")
+    );
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo
+        .current_dir(workspace)
+        .args(["build", "--workspace", "--bins"]);
+    if profile_dir == "release" {
+        cargo.arg("--release");
+    }
+    let status = cargo.status().await.context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --workspace --bins failed ({status})");
+    }
+    Ok(())
+}
+
+fn find_on_path(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().cloned())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Debian keeps the server binaries out of PATH, under /usr/lib/postgresql/<version>/bin.
+fn postgres_bin_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.reverse();
+    dirs
+}
+
+async fn postgres_answers(url: &str) -> bool {
+    paystream_shared::db::ensure_database(url).await.is_ok()
+}
+
+async fn nats_answers(url: &str) -> bool {
+    tokio::time::timeout(Duration::from_secs(3), async_nats::connect(url))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+fn host_port(url: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
+    let after_scheme = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = after_scheme.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority
+        .rsplit_once('@')
+        .map(|(_, hp)| hp)
+        .unwrap_or(authority);
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((h, p)) => (
+            h.to_owned(),
+            p.parse().with_context(|| format!("bad port in {url}"))?,
+        ),
+        None => (host_port.to_owned(), default_port),
+    };
+    Ok((host, port))
+}
+
+fn is_local(host: &str) -> bool {
+    matches!(host, "127.0.0.1" | "localhost" | "::1" | "[::1]")
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Runs `program` as the `postgres` user when we are root, since the server refuses root.
+fn pg_command(program: &Path, as_postgres: bool) -> Command {
+    if as_postgres {
+        let mut c = Command::new("runuser");
+        c.arg("-u").arg("postgres").arg("--").arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+async fn start_postgres(sup: &mut Supervisor, data_dir: &Path, url: &str) -> anyhow::Result<()> {
+    let (host, port) = host_port(url, 5432)?;
+    if !is_local(&host) {
+        bail!("PostgreSQL does not answer at {host}:{port}; start it or point DATABASE_URL at one that runs");
+    }
+    let dirs = postgres_bin_dirs();
+    let (Some(initdb), Some(server)) = (
+        find_on_path("initdb", &dirs),
+        find_on_path("postgres", &dirs),
+    ) else {
+        bail!(
+            "PostgreSQL does not answer at {host}:{port} and no server binaries were found.\n\
+             Install them with `apt-get install postgresql` (or start your own and set DATABASE_URL)."
+        );
+    };
+    let as_postgres = running_as_root();
+    let pg_dir = std::fs::canonicalize(data_dir)?.join("postgres");
+    if !pg_dir.join("PG_VERSION").exists() {
+        std::fs::create_dir_all(&pg_dir)?;
+        if as_postgres {
+            std::process::Command::new("chown")
+                .arg("-R")
+                .arg("postgres")
+                .arg(data_dir)
+                .status()?;
+        }
+        println!(
+            "starting a local PostgreSQL in {} (nothing answered at {host}:{port})",
+            pg_dir.display()
+        );
+        let status = pg_command(&initdb, as_postgres)
+            .arg("-D")
+            .arg(&pg_dir)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .context("running initdb")?;
+        if !status.success() {
+            bail!("initdb failed ({status})");
+        }
+    }
+    let child = pg_command(&server, as_postgres)
+        .arg("-D")
+        .arg(&pg_dir)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-k",
+        ])
+        .arg(&pg_dir)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting postgres")?;
+    sup.adopt("postgres", child);
+    wait_until(Duration::from_secs(30), "PostgreSQL", || {
+        postgres_answers(url)
+    })
+    .await
+}
+
+async fn start_nats(sup: &mut Supervisor, data_dir: &Path, url: &str) -> anyhow::Result<()> {
+    let (host, port) = host_port(url, 4222)?;
+    if !is_local(&host) {
+        bail!("NATS does not answer at {host}:{port}; start it or point NATS_URL at one that runs");
+    }
+    let Some(server) = find_on_path("nats-server", &[PathBuf::from("/usr/sbin")]) else {
+        bail!("NATS does not answer at {host}:{port} and no nats-server was found. Install it with `apt-get install nats-server`.");
+    };
+    let store = data_dir.join("nats");
+    std::fs::create_dir_all(&store)?;
+    println!(
+        "starting a local nats-server with JetStream on {host}:{port} (nothing answered there)"
+    );
+    let child = Command::new(server)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(&store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting nats-server")?;
+    sup.adopt("nats-server", child);
+    wait_until(Duration::from_secs(15), "NATS", || nats_answers(url)).await
+}
+
+async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{what} did not become ready within {}s", timeout.as_secs())
+}
+
+async fn healthy(http: &reqwest::Client, url: &str) -> bool {
+    http.get(format!("{url}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+fn http_url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = paystream_shared::shutdown::on_signal();
+    let mut sup = Supervisor::default();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let result = start(&config, &args, &mut sup).await;
+    let code = match result {
+        Ok(()) => {
+            let code = loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break ExitCode::SUCCESS,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                        if let Some((name, status)) = sup.exited() {
+                            eprintln!("{name} exited unexpectedly ({status}); stopping everything");
+                            break ExitCode::FAILURE;
+                        }
+                    }
+                }
+            };
+            println!("stopping");
+            code
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    };
+    sup.stop().await;
+    Ok(code)
+}
+
+async fn start(config: &Config, args: &UpArgs, sup: &mut Supervisor) -> anyhow::Result<()> {
+    let db_url = config.database_url.expose().clone();
+    if !postgres_answers(&db_url).await {
+        start_postgres(sup, &args.data_dir, &db_url).await?;
+    }
+    if !nats_answers(&config.nats_url).await {
+        start_nats(sup, &args.data_dir, &config.nats_url).await?;
+    }
+    let pool = paystream_shared::db::connect(&db_url, 2).await?;
+    paystream_shared::db::migrate(&pool).await?;
+    let mut conn = pool.acquire().await?;
+    match &config.bootstrap_api_key {
+        Some(secret) => {
+            let merchant =
+                merchants::ensure_bootstrap_key(&mut conn, "bootstrap", secret.expose()).await?;
+            println!("bootstrap key from PAYSTREAM_BOOTSTRAP_API_KEY is an admin key of merchant {merchant}");
+        }
+        None => {
+            let key =
+                merchants::create_key(&mut conn, "demo", merchants::Role::Admin, None).await?;
+            println!(
+                "demo merchant {} admin key: {}",
+                key.merchant_id,
+                key.secret.expose()
+            );
+        }
+    }
+    drop(conn);
+    pool.close().await;
+
+    println!("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE=true for local development: webhooks may target loopback and private addresses");
+    let dir = binary_dir()?;
+    build_missing_binaries(&dir).await?;
+    let mut started = Vec::new();
+    for name in SERVICES {
+        let path = dir.join(name);
+        if !path.is_file() {
+            continue;
+        }
+        let child = Command::new(&path)
+            .env("DATABASE_URL", &db_url)
+            .env("NATS_URL", &config.nats_url)
+            .env("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE", "true")
+            .env(
+                "ACQUIRER_SIM_NOTIFY_URL",
+                format!("{}/api/provider/webhooks", http_url(config.api_addr)),
+            )
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        sup.adopt(name, child);
+        started.push(*name);
+    }
+    if !started.contains(&"paystream-api") {
+        bail!("paystream-api was not found next to {}; build the workspace first (cargo build --workspace)", dir.display());
+    }
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let api = http_url(config.api_addr);
+    let vault = http_url(config.vault_addr);
+    let acquirer = config.acquirer_url.trim_end_matches('/').to_owned();
+    let mut checks = vec![("paystream-api", api.clone())];
+    if started.contains(&"acquirer-sim") {
+        checks.push(("acquirer-sim", acquirer.clone()));
+    }
+    if started.contains(&"vault") {
+        checks.push(("vault", vault.clone()));
+    }
+    for (name, url) in checks {
+        wait_until(Duration::from_secs(args.ready_timeout_secs), name, || {
+            healthy(&http, &url)
+        })
+        .await?;
+        if let Some((name, status)) = sup.exited() {
+            bail!("{name} exited during start-up ({status})");
+        }
+    }
+    println!("READY api={api} vault={vault} acquirer={acquirer}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_port_from_urls() {
+        assert_eq!(
+            host_port("postgres://postgres@127.0.0.1:5433/db", 5432).unwrap(),
+            ("127.0.0.1".into(), 5433)
+        );
+        assert_eq!(
+            host_port("nats://localhost", 4222).unwrap(),
+            ("localhost".into(), 4222)
+        );
+        assert_eq!(
+            host_port("postgres://u:p@db.internal/x?sslmode=disable", 5432).unwrap(),
+            ("db.internal".into(), 5432)
+        );
+        assert!(host_port("nats://h:notaport", 4222).is_err());
+        assert!(is_local("127.0.0.1") && !is_local("db.internal"));
+    }
+}

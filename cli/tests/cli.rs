@@ -1,0 +1,379 @@
+//! The `paystream` command, run as a real process against real PostgreSQL and NATS.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use paystream_tests::TestDb;
+
+fn paystream(db: &TestDb) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_paystream"));
+    c.env("DATABASE_URL", &db.url);
+    c
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().expect("run paystream");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn keys_create_list_revoke() {
+    let db = TestDb::new().await;
+    let (ok, out, _) = run(paystream(&db).args([
+        "keys",
+        "create",
+        "--merchant",
+        "acme",
+        "--role",
+        "read_only",
+    ]));
+    assert!(ok, "{out}");
+    let secret = out
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_owned();
+    assert!(secret.starts_with("sk_") && secret.len() > 20, "{out}");
+    let owner = paystream_shared::store::merchants::authenticate(&db.pool, &secret)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        owner.role,
+        paystream_shared::store::merchants::Role::ReadOnly
+    );
+
+    let (ok, out, _) = run(paystream(&db).args(["keys", "list", "--json"]));
+    assert!(ok);
+    let keys: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(keys[0]["merchantName"], "acme");
+    assert!(!out.contains(&secret), "list never shows the secret");
+    let id = keys[0]["id"].as_str().unwrap().to_owned();
+    let (ok, table, _) = run(paystream(&db).args(["keys", "list"]));
+    assert!(ok && table.contains(&id) && table.contains("active"));
+
+    let (ok, out, _) = run(paystream(&db).args(["keys", "revoke", &id]));
+    assert!(ok, "{out}");
+    assert!(
+        paystream_shared::store::merchants::authenticate(&db.pool, &secret)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (ok, _, err) = run(paystream(&db).args(["keys", "revoke", &id]));
+    assert!(!ok && err.contains("no active key"));
+    let (ok, _, _) =
+        run(paystream(&db).args(["keys", "create", "--merchant", "x", "--role", "root"]));
+    assert!(!ok, "unknown roles are refused");
+}
+
+#[tokio::test]
+async fn migrate_and_audit_verify_detect_tampering() {
+    let db = TestDb::new().await;
+    let (ok, out, _) = run(paystream(&db).arg("migrate"));
+    assert!(ok && out.contains("migrations applied"));
+
+    let mut conn = db.pool.acquire().await.unwrap();
+    let actor = paystream_shared::audit::Actor::Operator("test".into());
+    for i in 0..3 {
+        paystream_shared::audit::append(
+            &mut conn,
+            paystream_shared::audit::NewEntry {
+                merchant_id: None,
+                object_type: "thing",
+                object_id: "obj_1",
+                action: "thing.changed",
+                actor: &actor,
+                before: Some(serde_json::json!({"n": i})),
+                after: Some(serde_json::json!({"n": i + 1})),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let (ok, out, _) = run(paystream(&db).args(["audit", "verify"]));
+    assert!(ok, "{out}");
+    assert!(out.contains("3 entries verified"), "{out}");
+
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let victim: String =
+        sqlx::query_scalar("SELECT id FROM audit_log ORDER BY seq OFFSET 1 LIMIT 1")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE id = $1")
+        .bind(&victim)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("SET session_replication_role = origin")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+
+    let (ok, out, _) = run(paystream(&db).args(["audit", "verify"]));
+    assert!(!ok, "a tampered chain exits non-zero");
+    assert!(out.contains(&victim), "names the first bad entry: {out}");
+    let (ok, out, _) = run(paystream(&db).args(["audit", "verify", "--json"]));
+    assert!(!ok);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["firstBad"]["id"], victim.as_str());
+}
+
+struct Up {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Up {
+    fn start(cmd: &mut Command) -> Up {
+        let mut child = cmd
+            .arg("up")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn up");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+            }
+        });
+        Up {
+            child,
+            lines: rx,
+            stderr,
+        }
+    }
+
+    /// Lines up to and including READY.
+    fn wait_ready(&self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                let ready = line.starts_with("READY ");
+                seen.push(line);
+                if ready {
+                    return seen;
+                }
+            }
+        }
+        panic!(
+            "no READY line; saw {seen:?}; stderr: {}",
+            self.stderr.lock().unwrap()
+        );
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "up did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn field<'a>(ready: &'a str, name: &str) -> &'a str {
+    ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn up_with_a_bootstrap_key_runs_the_api_and_never_logs_a_card_number() {
+    let db = TestDb::new().await;
+    let api_port = free_port();
+    let mut cmd = paystream(&db);
+    cmd.env("PAYSTREAM_API_ADDR", format!("127.0.0.1:{api_port}"))
+        .env("PAYSTREAM_VAULT_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "PAYSTREAM_ACQUIRER_URL",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .env("PAYSTREAM_STREAM_PREFIX", format!("up{}_", free_port()))
+        .env(
+            "PAYSTREAM_BOOTSTRAP_API_KEY",
+            "sk_bootstrap_test_0123456789",
+        )
+        .env("RUST_LOG", "debug");
+    let up = Up::start(&mut cmd);
+    let lines = up.wait_ready(Duration::from_secs(60));
+    let ready = lines.last().unwrap();
+    let api = field(ready, "api");
+    assert_eq!(api, format!("http://127.0.0.1:{api_port}"));
+    assert!(
+        field(ready, "vault").starts_with("http://")
+            && field(ready, "acquirer").starts_with("http://")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE=true")),
+        "{lines:?}"
+    );
+
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{api}/api/payment-intents"))
+        .bearer_auth("sk_bootstrap_test_0123456789")
+        .json(&serde_json::json!({"amount": 100, "currency": "usd", "customerId": "c", "paymentMethodId": "4242424242424242"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .get(format!(
+            "{api}/api/payment-intents?customerId=4000000000000002"
+        ))
+        .bearer_auth("sk_bootstrap_test_0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let status = up.stderr.clone();
+    let exit = up.stop();
+    assert!(exit.success(), "{exit:?}");
+    let logs = status.lock().unwrap().clone();
+    assert!(!logs.is_empty(), "the API logged something");
+    for secret in [
+        "4242424242424242",
+        "4000000000000002",
+        "sk_bootstrap_test_0123456789",
+    ] {
+        assert!(!logs.contains(secret), "{secret} reached a log line");
+    }
+}
+
+#[tokio::test]
+async fn up_starts_its_own_postgres_and_nats_when_none_answer() {
+    let data = std::env::temp_dir().join(format!("paystream-up-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&data).unwrap();
+    let pg_port = free_port();
+    let nats_port = free_port();
+    let api_port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_paystream"))
+        .arg("up")
+        .arg("--data-dir")
+        .arg(&data)
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{pg_port}/paystream"),
+        )
+        .env("NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
+        .env("PAYSTREAM_API_ADDR", format!("127.0.0.1:{api_port}"))
+        .env(
+            "PAYSTREAM_ACQUIRER_URL",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .env_remove("PAYSTREAM_BOOTSTRAP_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let done = line.starts_with("READY ");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.starts_with("READY ")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("starting a local PostgreSQL")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("starting a local nats-server")),
+        "{seen:?}"
+    );
+    let demo = seen
+        .iter()
+        .find(|l| l.contains("admin key:"))
+        .expect("demo key printed");
+    let key = demo.split_whitespace().last().unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{api_port}/api/payment-intents"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"amount": 100, "currency": "usd", "customerId": "c"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = reqwest::get(format!("http://127.0.0.1:{api_port}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the API reaches the NATS that up started");
+
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // Everything it started is gone: the ports are free again.
+    for port in [pg_port, nats_port, api_port] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still answers"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}
