@@ -1,0 +1,15 @@
+//! The integration suite: one binary, every test against real PostgreSQL, NATS JetStream and
+//! the acquirer simulator, each with its own database and stream prefix.
+
+mod audit;
+mod auth;
+mod chaos;
+mod idempotency;
+mod intents;
+mod ops;
+mod pipeline;
+mod provider;
+mod reconcile;
+mod refunds;
+mod validation;
+mod webhooks;

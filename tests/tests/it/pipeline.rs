@@ -1,0 +1,170 @@
+//! The payment pipeline end to end: API -> outbox -> relay -> JetStream -> confirm worker ->
+//! acquirer simulator -> state, audit and events.
+
+use std::time::Duration;
+
+use paystream_tests::spawn_app;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_visa_payment_succeeds_with_exactly_one_charge() {
+    let app = spawn_app().await;
+    let _worker = app.start_confirm_worker();
+    let id = app.create_and_confirm("pm_card_visa").await;
+    let pi = app.wait_for_status(&id, &["succeeded"], WAIT).await;
+    assert_eq!(pi["amountReceived"], 1099);
+    assert_eq!(pi["amountCapturable"], 0);
+    let charges = app.sim_charges(&id).await;
+    assert_eq!(charges.len(), 1, "{charges:?}");
+    assert_eq!(charges[0]["amount"], 1099);
+    assert_eq!(charges[0]["currency"], "usd");
+
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT type FROM events WHERE object_id = $1 ORDER BY created_at")
+            .bind(&id)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        events,
+        [
+            "payment_intent.created",
+            "payment_intent.processing",
+            "payment_intent.succeeded"
+        ]
+    );
+    let audit = app.get(&format!("/api/audit-log?objectId={id}")).await;
+    assert_eq!(audit.body["data"][0]["actor"], "worker:confirm-worker");
+    assert_eq!(audit.body["data"][0]["after"]["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn declines_end_failed_with_the_issuers_reason() {
+    let app = spawn_app().await;
+    let _worker = app.start_confirm_worker();
+    let declined = app.create_and_confirm("pm_card_chargeDeclined").await;
+    let poor = app.create_and_confirm("pm_card_insufficientFunds").await;
+    let pi = app.wait_for_status(&declined, &["failed"], WAIT).await;
+    assert_eq!(pi["lastPaymentError"]["code"], "card_declined");
+    assert_eq!(pi["amountReceived"], 0);
+    let pi = app.wait_for_status(&poor, &["failed"], WAIT).await;
+    assert_eq!(pi["lastPaymentError"]["code"], "card_declined");
+    assert_eq!(pi["lastPaymentError"]["declineCode"], "insufficient_funds");
+    assert!(app
+        .sim_charges(&poor)
+        .await
+        .iter()
+        .all(|c| c["status"] != "captured"));
+}
+
+#[tokio::test]
+async fn three_d_secure_and_manual_capture() {
+    let app = spawn_app().await;
+    let _worker = app.start_confirm_worker();
+    let tds = app.create_and_confirm("pm_card_threeDSecureRequired").await;
+    let pi = app.wait_for_status(&tds, &["requires_action"], WAIT).await;
+    assert_eq!(pi["nextAction"]["type"], "redirect_to_url");
+    assert!(pi["nextAction"]["redirectToUrl"]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("http"));
+    assert_eq!(
+        pi["nextAction"]["redirectToUrl"]["returnUrl"],
+        "https://shop.example/back"
+    );
+
+    let manual = app
+        .create_intent(
+            json!({"paymentMethodId": "pm_card_visa", "captureMethod": "manual", "confirm": true}),
+        )
+        .await;
+    let id = manual["id"].as_str().unwrap();
+    let pi = app.wait_for_status(id, &["requires_capture"], WAIT).await;
+    assert_eq!(pi["amountCapturable"], 1099);
+    assert!(pi["authorizationExpiresAt"].is_string());
+    let r = app
+        .post(
+            &format!("/api/payment-intents/{id}/capture"),
+            json!({"amountToCapture": 600}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let pi = app.wait_for_status(id, &["succeeded"], WAIT).await;
+    assert_eq!(pi["amountReceived"], 600);
+    assert_eq!(app.sim_charges(id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_confirms_give_one_charge() {
+    let app = spawn_app().await;
+    let _worker = app.start_confirm_worker();
+    let pi = app
+        .create_intent(json!({"paymentMethodId": "pm_card_visa"}))
+        .await;
+    let id = pi["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/payment-intents/{id}/confirm");
+    let replies = futures::future::join_all((0..8).map(|_| app.post(&path, json!({})))).await;
+    assert_eq!(replies.iter().filter(|r| r.status == 202).count(), 1);
+    app.wait_for_status(&id, &["succeeded"], WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.sim_charges(&id).await.len(), 1);
+}
+
+async fn all_succeed_once_under_faults(faults: serde_json::Value) {
+    let app = spawn_app().await;
+    app.sim_faults(faults).await;
+    let _w1 = app.start_confirm_worker();
+    let _w2 = app.start_confirm_worker();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(app.create_and_confirm("pm_card_visa").await);
+    }
+    for id in &ids {
+        app.wait_for_status(id, &["succeeded"], Duration::from_secs(90))
+            .await;
+    }
+    for id in &ids {
+        let charges = app.sim_charges(id).await;
+        assert_eq!(charges.len(), 1, "{id}: {charges:?}");
+    }
+}
+
+#[tokio::test]
+async fn half_of_acquirer_calls_failing_still_charges_each_intent_once() {
+    all_succeed_once_under_faults(json!({"errorRate": 0.5})).await;
+}
+
+#[tokio::test]
+async fn timeouts_after_the_charge_never_charge_twice() {
+    all_succeed_once_under_faults(json!({"timeoutRate": 0.3})).await;
+}
+
+#[tokio::test]
+async fn a_redelivered_command_for_a_finished_intent_changes_nothing() {
+    let app = spawn_app().await;
+    let _worker = app.start_confirm_worker();
+    let id = app.create_and_confirm("pm_card_visa").await;
+    app.wait_for_status(&id, &["succeeded"], WAIT).await;
+    // Publish the same confirm again, as a redelivery would.
+    let cmd =
+        json!({"type": "payment.confirm.v1", "paymentIntentId": id, "merchantId": app.merchant_id});
+    app.js
+        .publish(
+            app.topology.subject("cmd.payment.confirm"),
+            serde_json::to_vec(&cmd).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE object_id = $1")
+        .bind(&id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(audit, 3, "created, processing, succeeded: nothing more");
+    assert_eq!(app.sim_charges(&id).await.len(), 1);
+}
