@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod change;
 pub mod commands;
 pub mod config;
 pub mod db;

@@ -121,11 +121,13 @@ impl ConfirmWorker {
     ) -> Outcome {
         let actor = Actor::Worker(WORKER);
         let result = async {
-            let mut tx = self.pool.begin().await?;
+            // Each outcome is one transition, and a transition is one statement: atomic without
+            // a transaction around it.
+            let mut conn = self.pool.acquire().await?;
             match outcome {
                 PaymentOutcome::Captured { charge_id, amount } => {
                     store::transition(
-                        &mut tx,
+                        &mut conn,
                         intent,
                         PaymentIntentStatus::Succeeded,
                         &actor,
@@ -141,7 +143,7 @@ impl ConfirmWorker {
                 }
                 PaymentOutcome::Authorized { charge_id, amount } => {
                     store::transition(
-                        &mut tx,
+                        &mut conn,
                         intent,
                         PaymentIntentStatus::RequiresCapture,
                         &actor,
@@ -162,7 +164,7 @@ impl ConfirmWorker {
                     message,
                 } => {
                     store::transition(
-                        &mut tx,
+                        &mut conn,
                         intent,
                         PaymentIntentStatus::Failed,
                         &actor,
@@ -183,7 +185,7 @@ impl ConfirmWorker {
                     redirect_url,
                 } => {
                     store::transition(
-                        &mut tx,
+                        &mut conn,
                         intent,
                         PaymentIntentStatus::RequiresAction,
                         &actor,
@@ -199,7 +201,6 @@ impl ConfirmWorker {
                     .await?;
                 }
             }
-            tx.commit().await?;
             Ok::<(), StoreError>(())
         }
         .await;

@@ -216,12 +216,17 @@ async fn start_confirm(
     } else {
         intent
     };
-    let processing = store::transition(
+    let command = PaymentCommand::ConfirmV1 {
+        payment_intent_id: intent.id.clone(),
+        merchant_id: intent.merchant_id.clone(),
+    };
+    let processing = store::transition_queueing(
         conn,
         &intent,
         PaymentIntentStatus::Processing,
         &actor,
         Some("payment_intent.processing"),
+        Some((command.subject(), command.to_json())),
         |pi| {
             pi.payment_method_id = Some(payment_method_id);
             if return_url.is_some() {
@@ -231,11 +236,6 @@ async fn start_confirm(
         },
     )
     .await?;
-    let command = PaymentCommand::ConfirmV1 {
-        payment_intent_id: processing.id.clone(),
-        merchant_id: processing.merchant_id.clone(),
-    };
-    outbox::enqueue(conn, command.subject(), &command.to_json()).await?;
     Ok(processing)
 }
 

@@ -9,11 +9,11 @@ use sqlx::{PgConnection, PgExecutor};
 
 use super::StoreError;
 use crate::audit::{self, Actor, NewEntry};
+use crate::change::{self, Change};
 use crate::domain::money::{Amount, Currency};
 use crate::domain::payment_intent::{
     CaptureMethod, PaymentError, PaymentIntent, PaymentIntentStatus, RedirectAction,
 };
-use crate::outbox;
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -92,58 +92,49 @@ pub async fn insert(
     pi: &PaymentIntent,
     actor: &Actor,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO payment_intents (id, merchant_id, amount, currency, status, amount_capturable,
-            amount_received, amount_refunded, customer_id, payment_method_id, capture_method,
-            description, metadata, last_payment_error, next_action, return_url,
-            authorization_expires_at, canceled_at, cancellation_reason, created_at, updated_at)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)",
-    )
-    .bind(&pi.id)
-    .bind(&pi.merchant_id)
-    .bind(pi.amount.minor_units())
-    .bind(pi.currency.code())
-    .bind(pi.status.as_str())
-    .bind(pi.amount_capturable.minor_units())
-    .bind(pi.amount_received.minor_units())
-    .bind(pi.amount_refunded.minor_units())
-    .bind(&pi.customer_id)
-    .bind(&pi.payment_method_id)
-    .bind(pi.capture_method.as_str())
-    .bind(&pi.description)
-    .bind(sqlx::types::Json(&pi.metadata))
-    .bind(pi.last_payment_error.as_ref().map(sqlx::types::Json))
-    .bind(pi.next_action.as_ref().map(sqlx::types::Json))
-    .bind(&pi.return_url)
-    .bind(pi.authorization_expires_at)
-    .bind(pi.canceled_at)
-    .bind(&pi.cancellation_reason)
-    .bind(pi.created_at)
-    .bind(pi.updated_at)
-    .execute(&mut *conn)
-    .await?;
-    let after = pi.to_json();
-    audit::append(
-        &mut *conn,
-        NewEntry {
-            merchant_id: Some(&pi.merchant_id),
-            object_type: "payment_intent",
-            object_id: &pi.id,
-            action: "payment_intent.created",
-            actor,
-            before: None,
-            after: Some(after.clone()),
-        },
-    )
-    .await?;
-    outbox::record_event(
-        conn,
+    let change = Change::new(
         &pi.merchant_id,
-        "payment_intent.created",
+        "payment_intent",
         &pi.id,
-        after,
+        "payment_intent.created",
+        actor,
+        None,
+        pi.to_json(),
     )
-    .await?;
+    .with_event("payment_intent.created");
+    let sql = Change::sql(
+        "changed AS (
+            INSERT INTO payment_intents (id, merchant_id, amount, currency, status, amount_capturable,
+                amount_received, amount_refunded, customer_id, payment_method_id, capture_method,
+                description, metadata, last_payment_error, next_action, return_url,
+                authorization_expires_at, canceled_at, cancellation_reason, created_at, updated_at)
+            VALUES ($15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26,$27,$28,$29,$30,$31,$32,$33,$34,$35)
+            RETURNING 1)",
+    );
+    let query = change
+        .bind(sqlx::query(&sql))
+        .bind(&pi.id)
+        .bind(&pi.merchant_id)
+        .bind(pi.amount.minor_units())
+        .bind(pi.currency.code())
+        .bind(pi.status.as_str())
+        .bind(pi.amount_capturable.minor_units())
+        .bind(pi.amount_received.minor_units())
+        .bind(pi.amount_refunded.minor_units())
+        .bind(&pi.customer_id)
+        .bind(&pi.payment_method_id)
+        .bind(pi.capture_method.as_str())
+        .bind(&pi.description)
+        .bind(sqlx::types::Json(&pi.metadata))
+        .bind(pi.last_payment_error.as_ref().map(sqlx::types::Json))
+        .bind(pi.next_action.as_ref().map(sqlx::types::Json))
+        .bind(&pi.return_url)
+        .bind(pi.authorization_expires_at)
+        .bind(pi.canceled_at)
+        .bind(&pi.cancellation_reason)
+        .bind(pi.created_at)
+        .bind(pi.updated_at);
+    change::apply(conn, query).await?;
     Ok(())
 }
 
@@ -245,15 +236,30 @@ pub async fn exists<'e>(
     .await?)
 }
 
-/// Moves `current` to `to` after `change` edits the other fields, in the caller's transaction:
-/// asks the state machine, updates only if the row still has the status we read, and writes
-/// the audit entry (before and after) and, if given, the event. Returns the new intent.
+/// Moves `current` to `to` after `change` edits the other fields: asks the state machine, then
+/// in one statement updates the row only if it still has the status we read and writes the
+/// audit entry (before and after) and, if given, the event. Being one statement it is atomic
+/// inside or outside a transaction. Returns the new intent.
 pub async fn transition(
     conn: &mut PgConnection,
     current: &PaymentIntent,
     to: PaymentIntentStatus,
     actor: &Actor,
     event_type: Option<&str>,
+    change: impl FnOnce(&mut PaymentIntent),
+) -> Result<PaymentIntent, StoreError> {
+    transition_queueing(conn, current, to, actor, event_type, None, change).await
+}
+
+/// [`transition`] that also queues `message` (subject, payload), such as the command that
+/// drives the new state, in the same statement.
+pub async fn transition_queueing(
+    conn: &mut PgConnection,
+    current: &PaymentIntent,
+    to: PaymentIntentStatus,
+    actor: &Actor,
+    event_type: Option<&str>,
+    message: Option<(&str, serde_json::Value)>,
     change: impl FnOnce(&mut PaymentIntent),
 ) -> Result<PaymentIntent, StoreError> {
     current
@@ -264,53 +270,54 @@ pub async fn transition(
     change(&mut next);
     next.status = to;
     next.updated_at = crate::domain::now();
-    let updated = sqlx::query(
-        "UPDATE payment_intents SET status = $3, amount_capturable = $4, amount_received = $5,
-            amount_refunded = $6, payment_method_id = $7, last_payment_error = $8, next_action = $9,
-            return_url = $10, authorization_expires_at = $11, canceled_at = $12,
-            cancellation_reason = $13, updated_at = $14, acquirer_charge_id = $15
-         WHERE id = $1 AND status = $2",
-    )
-    .bind(&current.id)
-    .bind(current.status.as_str())
-    .bind(next.status.as_str())
-    .bind(next.amount_capturable.minor_units())
-    .bind(next.amount_received.minor_units())
-    .bind(next.amount_refunded.minor_units())
-    .bind(&next.payment_method_id)
-    .bind(next.last_payment_error.as_ref().map(sqlx::types::Json))
-    .bind(next.next_action.as_ref().map(sqlx::types::Json))
-    .bind(&next.return_url)
-    .bind(next.authorization_expires_at)
-    .bind(next.canceled_at)
-    .bind(&next.cancellation_reason)
-    .bind(next.updated_at)
-    .bind(&next.acquirer_charge_id)
-    .execute(&mut *conn)
-    .await?;
-    if updated.rows_affected() != 1 {
+    let mut effects = Change::new(
+        &next.merchant_id,
+        "payment_intent",
+        &next.id,
+        event_type.unwrap_or("payment_intent.updated"),
+        actor,
+        Some(current.to_json()),
+        next.to_json(),
+    );
+    if let Some(event_type) = event_type {
+        effects = effects.with_event(event_type);
+    }
+    if let Some((subject, payload)) = message {
+        effects = effects.with_message(subject, payload);
+    }
+    let sql = Change::sql(
+        "changed AS (
+            UPDATE payment_intents SET status = $17, amount_capturable = $18, amount_received = $19,
+                amount_refunded = $20, payment_method_id = $21, last_payment_error = $22,
+                next_action = $23, return_url = $24, authorization_expires_at = $25,
+                canceled_at = $26, cancellation_reason = $27, updated_at = $28,
+                acquirer_charge_id = $29
+            WHERE id = $15 AND status = $16
+            RETURNING 1)",
+    );
+    let query = effects
+        .bind(sqlx::query(&sql))
+        .bind(&current.id)
+        .bind(current.status.as_str())
+        .bind(next.status.as_str())
+        .bind(next.amount_capturable.minor_units())
+        .bind(next.amount_received.minor_units())
+        .bind(next.amount_refunded.minor_units())
+        .bind(&next.payment_method_id)
+        .bind(next.last_payment_error.as_ref().map(sqlx::types::Json))
+        .bind(next.next_action.as_ref().map(sqlx::types::Json))
+        .bind(&next.return_url)
+        .bind(next.authorization_expires_at)
+        .bind(next.canceled_at)
+        .bind(&next.cancellation_reason)
+        .bind(next.updated_at)
+        .bind(&next.acquirer_charge_id);
+    if !change::apply(conn, query).await? {
         return Err(StoreError::Conflict {
             object: "payment_intent",
             id: current.id.clone(),
             expected: current.status.to_string(),
         });
-    }
-    let after = next.to_json();
-    audit::append(
-        &mut *conn,
-        NewEntry {
-            merchant_id: Some(&next.merchant_id),
-            object_type: "payment_intent",
-            object_id: &next.id,
-            action: event_type.unwrap_or("payment_intent.updated"),
-            actor,
-            before: Some(current.to_json()),
-            after: Some(after.clone()),
-        },
-    )
-    .await?;
-    if let Some(event_type) = event_type {
-        outbox::record_event(conn, &next.merchant_id, event_type, &next.id, after).await?;
     }
     Ok(next)
 }
