@@ -99,6 +99,9 @@ pub struct DeliveryInfo {
     pub stream_sequence: u64,
     /// The publisher's `Nats-Msg-Id` (the outbox row id for relayed messages).
     pub message_id: Option<String>,
+    /// No redelivery follows this one: asking for a retry now files the message as a dead
+    /// letter. A step may settle the object differently on its last chance.
+    pub last: bool,
 }
 
 /// One worker's step. Implement with `#[paystream_nats::async_trait]` (re-exported).
@@ -401,6 +404,7 @@ async fn process<H: Handler>(shared: &Shared<H>, msg: jetstream::Message) {
         delivered,
         stream_sequence,
         message_id,
+        last: shared.spec.retries_exhausted(delivered),
     };
     let span = tracing::info_span!(
         "message",

@@ -182,7 +182,12 @@ pub enum AcquirerError {
     /// The acquirer could not be reached or failed on its side; the call may be retried with
     /// the same idempotency key.
     #[error("acquirer unavailable: {reason}")]
-    Transient { reason: String },
+    Transient {
+        reason: String,
+        /// The acquirer's error code when it answered at all (a 5xx with a body), such as
+        /// `processing_error`; `None` for timeouts and connection failures.
+        code: Option<String>,
+    },
     /// The acquirer refused the request itself (a 4xx other than a decline); retrying the same
     /// request cannot help.
     #[error("acquirer rejected the request with {status} {code}: {message}")]
@@ -199,6 +204,12 @@ pub enum AcquirerError {
 impl AcquirerError {
     /// Whether the call may succeed if repeated with the same idempotency key (see the module
     /// documentation for why an unreadable answer counts).
+    /// Whether the acquirer itself answered that it could not process the card: a 5xx that
+    /// carries the `processing_error` code, as opposed to an outage or a timeout.
+    pub fn is_processing_error(&self) -> bool {
+        matches!(self, AcquirerError::Transient { code: Some(c), .. } if c == "processing_error")
+    }
+
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -296,7 +307,7 @@ impl HttpAcquirer {
         } else {
             e.to_string()
         };
-        AcquirerError::Transient { reason }
+        AcquirerError::Transient { reason, code: None }
     }
 }
 
@@ -518,6 +529,7 @@ fn success_body<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> Result<
     {
         return Err(AcquirerError::Transient {
             reason: format!("HTTP {} ({code})", status.as_u16()),
+            code: detail.map(|d| d.code),
         });
     }
     if status.is_client_error() {
@@ -842,7 +854,8 @@ mod tests {
         assert_eq!(
             err,
             AcquirerError::Transient {
-                reason: "no answer within 300 ms".to_owned()
+                reason: "no answer within 300 ms".to_owned(),
+                code: None,
             }
         );
         // The acquirer charged even though we never heard back.
@@ -883,6 +896,7 @@ mod tests {
             async move {
                 Err::<(), _>(AcquirerError::Transient {
                     reason: format!("attempt {n}"),
+                    code: None,
                 })
             }
         })

@@ -89,6 +89,24 @@ impl ConfirmWorker {
         let result = with_retries(&self.schedule, || acquirer.authorize(&request)).await;
         match result {
             Ok(outcome) => self.record_authorization(&intent, outcome, delivery).await,
+            // The acquirer kept answering that it cannot process this card, through every
+            // in-process attempt of every delivery: as Stripe does, the payment fails with
+            // `processing_error` and the customer may try again, instead of the intent sitting
+            // in `processing` and in the dead letters. An outage or a timeout is different: we
+            // do not know the outcome, so those still go to the dead letters.
+            Err(e) if delivery.last && e.is_processing_error() => {
+                self.record_authorization(
+                    &intent,
+                    PaymentOutcome::Declined {
+                        code: "processing_error".to_owned(),
+                        decline_code: None,
+                        message: "An error occurred while processing the card. Try again later."
+                            .to_owned(),
+                    },
+                    delivery,
+                )
+                .await
+            }
             Err(e) if e.is_transient() => self.retry_after(e.to_string(), delivery),
             Err(AcquirerError::Rejected {
                 status,

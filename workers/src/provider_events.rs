@@ -759,6 +759,7 @@ mod tests {
             delivered: 2,
             stream_sequence: 1,
             message_id: None,
+            last: false,
         };
         let cmd = ProviderEventCommand::ProcessV1 {
             event_id: "aevt_1".into(),

@@ -168,3 +168,43 @@ async fn a_redelivered_command_for_a_finished_intent_changes_nothing() {
     assert_eq!(audit, 3, "created, processing, succeeded: nothing more");
     assert_eq!(app.sim_charges(&id).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_card_the_acquirer_cannot_process_fails_once_every_delivery_is_spent() {
+    let app = spawn_app().await;
+    let _worker = app.start_confirm_worker();
+    let id = app.create_and_confirm("pm_card_processingError").await;
+    let pi = app.wait_for_status(&id, &["failed"], WAIT).await;
+    assert_eq!(pi["lastPaymentError"]["code"], "processing_error");
+    assert_eq!(pi["amountReceived"], 0);
+    assert!(app.sim_charges(&id).await.is_empty());
+    // Settled, not parked: nothing waits in the dead letters for an operator.
+    let parked: Vec<_> = paystream_nats::dlq::list(&app.js, &app.topology)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.object_id.as_deref() == Some(id.as_str()))
+        .collect();
+    assert!(parked.is_empty(), "{parked:?}");
+    // Not given up early: each of the 5 deliveries spent its 5 in-process attempts first.
+    let metrics = reqwest::get(format!("{}/metrics", app.sim_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let requests: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("acquirer_sim_requests_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no request count in {metrics}"));
+    assert!(requests >= 25, "{requests}");
+    let failures: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE object_id = $1 AND action = 'payment_intent.payment_failed'",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(failures, 1);
+}
