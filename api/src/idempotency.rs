@@ -20,6 +20,8 @@ use poem::{Body, Endpoint, IntoResponse, Request, Response};
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
+use paystream_shared::webhooks::secret_box::SecretBox;
+
 use crate::error::{to_contract_response, ApiError};
 use crate::{AppState, MAX_BODY_BYTES};
 
@@ -50,6 +52,38 @@ pub async fn complete(
     store(conn, &scope.merchant_id, &scope.key, status, body).await?;
     scope.stored.store(true, Ordering::SeqCst);
     Ok(())
+}
+
+/// [`complete`] for an answer that carries a secret: `public` (without it) is what the row
+/// shows, and `full` (the answer as sent) is kept sealed for the replay.
+pub async fn complete_sealed(
+    req: &Request,
+    conn: &mut PgConnection,
+    status: StatusCode,
+    public: &[u8],
+    full: &[u8],
+    sealer: &SecretBox,
+) -> Result<(), ApiError> {
+    let Some(scope) = req.extensions().get::<Scope>() else {
+        return Ok(());
+    };
+    store(conn, &scope.merchant_id, &scope.key, status, public).await?;
+    let sealed = sealer.seal(full, &sealing_context(&scope.merchant_id, &scope.key));
+    sqlx::query(
+        "UPDATE idempotency_keys SET response_sealed = $3 WHERE merchant_id = $1 AND key = $2",
+    )
+    .bind(&scope.merchant_id)
+    .bind(&scope.key)
+    .bind(sealed)
+    .execute(conn)
+    .await?;
+    scope.stored.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Binds a sealed answer to its (merchant, key), so it cannot be replayed under another.
+fn sealing_context(merchant_id: &str, key: &str) -> Vec<u8> {
+    format!("idempotency\x1f{merchant_id}\x1f{key}").into_bytes()
 }
 
 async fn store(
@@ -111,6 +145,7 @@ struct Existing {
     fingerprint: Vec<u8>,
     response_status: Option<i32>,
     response_body: Option<Vec<u8>>,
+    response_sealed: Option<Vec<u8>>,
     lock_expired: bool,
 }
 
@@ -150,7 +185,7 @@ async fn begin(
         }
         let existing = sqlx::query_as::<_, Existing>(
             "SELECT request_method, request_path, fingerprint, response_status, response_body,
-                    coalesce(locked_until < now(), false) AS lock_expired
+                    response_sealed, coalesce(locked_until < now(), false) AS lock_expired
              FROM idempotency_keys WHERE merchant_id = $1 AND key = $2",
         )
         .bind(merchant_id)
@@ -171,6 +206,21 @@ async fn begin(
                 .ok()
                 .and_then(|s| StatusCode::from_u16(s).ok())
                 .unwrap_or(StatusCode::OK);
+            let body = match existing.response_sealed {
+                None => body,
+                Some(sealed) => {
+                    let sealer = SecretBox::new(state.config.webhook_secret_key.expose());
+                    match sealer.open(&sealed, &sealing_context(merchant_id, key)) {
+                        Ok(full) => full,
+                        // Sealed under a key this process no longer has: the answer without
+                        // its secret is still the truth about the object.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot open a sealed idempotent answer; replaying it without its secret");
+                            body
+                        }
+                    }
+                }
+            };
             return Ok(Begin::Replay { status, body });
         }
         if existing.lock_expired {

@@ -3,8 +3,8 @@
 //!
 //! The signing secret is shown in exactly two answers, subscribe and rotate-secret, and is
 //! sealed (AES-256-GCM) before it reaches the database. The copy of those answers kept for
-//! Idempotency-Key replays leaves the secret out, so no secret is ever stored in clear; a
-//! client that lost the answer rotates the secret to get a new one.
+//! Idempotency-Key replays is sealed too, so a client that lost the answer gets it again,
+//! secret included, by retrying with the same key, and no secret is ever stored in clear.
 
 use poem::http::StatusCode;
 use poem::Request;
@@ -168,20 +168,22 @@ fn page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
     (rows, has_more)
 }
 
-/// Commits, storing for Idempotency-Key replays the view WITHOUT the secret, and answers with
-/// the secret.
+/// Commits, storing for Idempotency-Key replays the view in clear without the secret and,
+/// sealed, the answer with it; answers with the secret.
 async fn finish_with_secret(
     req: &Request,
+    state: &AppState,
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     status: StatusCode,
     sub: &Subscription,
     secret: &WebhookSecret,
 ) -> Result<SubscriptionResponse, ApiError> {
-    let stored = serde_json::to_vec(&sub.view()).map_err(|e| ApiError::internal(&e))?;
-    idempotency::complete(req, &mut tx, status, &stored).await?;
-    tx.commit().await?;
+    let public = serde_json::to_vec(&sub.view()).map_err(|e| ApiError::internal(&e))?;
     let mut view = sub.view();
     view.secret = Some(secret.expose().to_owned());
+    let full = serde_json::to_vec(&view).map_err(|e| ApiError::internal(&e))?;
+    idempotency::complete_sealed(req, &mut tx, status, &public, &full, &secret_box(state)).await?;
+    tx.commit().await?;
     Ok(if status == StatusCode::CREATED {
         SubscriptionResponse::Created(SerdeJson(view))
     } else {
@@ -221,7 +223,7 @@ impl WebhooksApi {
             &auth.actor(),
         )
         .await?;
-        finish_with_secret(req, tx, StatusCode::CREATED, &sub, &secret).await
+        finish_with_secret(req, &state, tx, StatusCode::CREATED, &sub, &secret).await
     }
 
     /// List your webhook subscriptions, newest first (without their secrets).
@@ -291,7 +293,7 @@ impl WebhooksApi {
         let secret = WebhookSecret::generate();
         let sealed = secret_box(&state).seal_secret(&secret, &sub.id);
         let sub = store::rotate_secret(&mut tx, &sub, sealed, &auth.actor()).await?;
-        finish_with_secret(req, tx, StatusCode::OK, &sub, &secret).await
+        finish_with_secret(req, &state, tx, StatusCode::OK, &sub, &secret).await
     }
 
     /// The deliveries of events to your endpoints, newest first.

@@ -45,6 +45,23 @@ async fn delivery_attempts(
     .unwrap()
 }
 
+/// No table holds `secret` (or its key material after `whsec_`) in clear.
+async fn assert_no_clear_secret(app: &TestApp, secret: &str) {
+    let material = &secret["whsec_".len()..];
+    let dump: String = sqlx::query_scalar(
+        "SELECT string_agg(t::text, ' ') FROM (
+             SELECT encode(coalesce(response_body, ''), 'escape') || encode(coalesce(response_sealed, ''), 'escape') AS t
+               FROM idempotency_keys
+             UNION ALL SELECT s::text FROM webhook_subscriptions s
+             UNION ALL SELECT a::text FROM audit_log a) x",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(!dump.contains(material));
+    assert!(!dump.contains(secret));
+}
+
 async fn dead_letters_for(app: &TestApp, object_id: &str) -> Vec<paystream_nats::dlq::DeadLetter> {
     paystream_nats::dlq::list(&app.js, &app.topology)
         .await
@@ -322,7 +339,8 @@ async fn after_rotation_deliveries_verify_with_the_old_and_the_new_secret() {
     assert_eq!(r.status, 200, "{}", r.text);
     let new = r.body["secret"].as_str().unwrap().to_owned();
     assert_ne!(new, old);
-    // A replay of the rotation answers without the secret: none is stored in clear.
+    // A replay of the rotation is the original answer, secret included (no second rotation),
+    // though no secret is stored in clear.
     let again = app
         .post_idem(
             &format!("/api/webhooks/subscriptions/{id}/rotate-secret"),
@@ -331,8 +349,8 @@ async fn after_rotation_deliveries_verify_with_the_old_and_the_new_secret() {
         )
         .await;
     assert_eq!(again.headers["Idempotent-Replayed"], "true");
-    assert!(again.body.get("secret").is_none(), "{}", again.text);
-    assert!(!again.text.contains("whsec_"));
+    assert_eq!(again.body, r.body);
+    assert_no_clear_secret(&app, &new).await;
 
     let _webhooks = app.start_webhook_worker();
     created_event(&app).await;
@@ -695,7 +713,7 @@ async fn subscription_api_validates_and_never_lists_secrets() {
             .unwrap();
     let secret = a["secret"].as_str().unwrap();
     assert!(!String::from_utf8_lossy(&sealed).contains(&secret[6..]));
-    // An idempotent replay of subscribe omits the secret too.
+    // An idempotent replay of subscribe is the original answer, secret included.
     let first = app
         .post_idem(
             "/api/webhooks/subscribe",
@@ -711,8 +729,34 @@ async fn subscription_api_validates_and_never_lists_secrets() {
             json!({"url": "https://c.example/", "events": ["*"]}),
         )
         .await;
-    assert_eq!(replay.body["id"], first.body["id"]);
-    assert!(!replay.text.contains("whsec_"));
+    assert_eq!(replay.headers["Idempotent-Replayed"], "true");
+    assert_eq!(replay.body, first.body);
+    assert_no_clear_secret(&app, first.body["secret"].as_str().unwrap()).await;
+    // Bound to its (merchant, key): a sealed answer moved under another key does not open, and
+    // the replay falls back to the answer without its secret.
+    let moved = app
+        .post_idem(
+            "/api/webhooks/subscribe",
+            "sub-2",
+            json!({"url": "https://d.example/", "events": ["*"]}),
+        )
+        .await;
+    sqlx::query(
+        "UPDATE idempotency_keys SET response_sealed = (SELECT response_sealed FROM idempotency_keys WHERE key = 'sub-1')
+         WHERE key = 'sub-2'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let replay = app
+        .post_idem(
+            "/api/webhooks/subscribe",
+            "sub-2",
+            json!({"url": "https://d.example/", "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(replay.body["id"], moved.body["id"]);
+    assert!(!replay.text.contains("whsec_"), "{}", replay.text);
 
     // Delete: gone from the list, 404 afterwards; the audit log records it without a secret.
     let id = a["id"].as_str().unwrap();
@@ -742,8 +786,9 @@ async fn subscription_api_validates_and_never_lists_secrets() {
         "webhook_subscription.deleted"
     );
     assert!(!audit.text.contains("whsec_"));
+    // b, and the subscriptions of keys sub-1 and sub-2, remain (a was deleted).
     let list = app.get("/api/webhooks/subscriptions").await;
-    assert_eq!(list.body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(list.body["data"].as_array().unwrap().len(), 3);
 }
 
 #[tokio::test]
