@@ -43,6 +43,9 @@ pub struct Config {
     /// How long an intent may sit in `processing`, or a refund in `pending`, before
     /// reconciliation asks the acquirer about it (default 5 minutes).
     pub reconcile_stuck_after: Duration,
+    /// How long an intent may sit in `requires_payment_method`, `requires_confirmation` or
+    /// `requires_action` before the scheduler cancels it as `abandoned` (default 24 hours).
+    pub abandon_after: Duration,
     /// Connections each process may hold to PostgreSQL. Every replica of every process has its
     /// own pool, so their sum must stay under the server's `max_connections`.
     pub db_pool_size: u32,
@@ -50,6 +53,8 @@ pub struct Config {
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/paystream";
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// The longest `PAYSTREAM_ABANDON_AFTER_SECS` accepted: 100 years.
+pub const MAX_ABANDON_AFTER: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 /// base64 of the 32 bytes `paystream local development key!`: fine on a laptop, public
 /// everywhere else, so production sets `PAYSTREAM_WEBHOOK_SECRET_KEY` to its own random key.
 pub const DEVELOPMENT_WEBHOOK_SECRET_KEY: &str = "cGF5c3RyZWFtIGxvY2FsIGRldmVsb3BtZW50IGtleSE=";
@@ -144,6 +149,19 @@ impl Config {
         };
         let reconcile_interval = secs("PAYSTREAM_RECONCILE_INTERVAL_SECS", "900")?;
         let reconcile_stuck_after = secs("PAYSTREAM_RECONCILE_STUCK_AFTER_SECS", "300")?;
+        let abandon_after = secs("PAYSTREAM_ABANDON_AFTER_SECS", "86400")?;
+        // Zero would cancel every intent the moment it is created; the upper bound keeps the
+        // value representable as a time difference (anything longer means "never" anyway).
+        if abandon_after.is_zero() || abandon_after > MAX_ABANDON_AFTER {
+            return Err(ConfigError {
+                var: "PAYSTREAM_ABANDON_AFTER_SECS",
+                value: abandon_after.as_secs().to_string(),
+                reason: format!(
+                    "must be between 1 and {} seconds (100 years)",
+                    MAX_ABANDON_AFTER.as_secs()
+                ),
+            });
+        }
         let pool_raw = get("PAYSTREAM_DB_POOL_SIZE", "16");
         let db_pool_size = pool_raw
             .parse::<u32>()
@@ -193,6 +211,7 @@ impl Config {
             webhook_timeout,
             reconcile_interval,
             reconcile_stuck_after,
+            abandon_after,
             db_pool_size,
         })
     }
@@ -252,6 +271,7 @@ mod tests {
         assert_eq!(c.acquirer_timeout, Duration::from_secs(10));
         assert_eq!(c.reconcile_interval, Duration::from_secs(900));
         assert_eq!(c.reconcile_stuck_after, Duration::from_secs(300));
+        assert_eq!(c.abandon_after, Duration::from_secs(86_400));
         assert!(cfg(&[("PAYSTREAM_RECONCILE_INTERVAL_SECS", "often")]).is_err());
         assert_eq!(c.db_pool_size, 16);
         assert!(cfg(&[("PAYSTREAM_DB_POOL_SIZE", "0")]).is_err());
@@ -275,6 +295,17 @@ mod tests {
         assert!(cfg(&[("PAYSTREAM_ACQUIRER_URL", "ftp://x")]).is_err());
         assert!(cfg(&[("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE", "maybe")]).is_err());
         assert!(cfg(&[("PAYSTREAM_IDEMPOTENCY_LOCK_TTL_MS", "-1")]).is_err());
+    }
+
+    #[test]
+    fn abandonment_is_configurable_within_bounds() {
+        let c = cfg(&[("PAYSTREAM_ABANDON_AFTER_SECS", "3600")]).unwrap();
+        assert_eq!(c.abandon_after, Duration::from_secs(3600));
+        for bad in ["0", "-1", "a day", "3153600001"] {
+            let err = cfg(&[("PAYSTREAM_ABANDON_AFTER_SECS", bad)]).unwrap_err();
+            assert_eq!(err.var, "PAYSTREAM_ABANDON_AFTER_SECS", "{bad}");
+        }
+        assert!(cfg(&[("PAYSTREAM_ABANDON_AFTER_SECS", "3153600000")]).is_ok());
     }
 
     #[test]
