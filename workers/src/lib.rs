@@ -2,6 +2,7 @@
 //! The workers: each step is a library function; each binary is a thin wrapper.
 pub mod acquirer;
 pub mod confirm;
+pub mod deadlines;
 pub mod provider_events;
 pub mod reconcile;
 pub mod refund;

@@ -2,7 +2,12 @@
 //! PostgreSQL session advisory lock held on a dedicated connection: the leader runs the jobs;
 //! standbys retry the lock every few seconds and take over within that time if the leader's
 //! connection (or process) dies, because PostgreSQL releases the lock with the session.
+//!
+//! Each round reconciles with the acquirer, keeps the payment intents' deadlines (expired
+//! authorizations, the notice before they expire, abandoned intents: see [`deadlines`]),
+//! purges what has outlived its purpose and refreshes planner statistics.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use paystream_shared::config::Config;
 
 use crate::acquirer::{Acquirer, HttpAcquirer};
+use crate::deadlines::{self, DeadlineError};
 use crate::reconcile;
 use crate::runtime::WorkerError;
 
@@ -23,6 +29,31 @@ pub const LEADER_LOCK: i64 = 0x0070_6179_7374_726d;
 pub const STANDBY_RETRY: Duration = Duration::from_secs(5);
 /// Sent outbox rows are kept this long for inspection, then purged.
 pub const OUTBOX_RETENTION_HOURS: i32 = 24;
+/// How many batches of one deadline job a round may run: a backlog (after an outage, say)
+/// drains over a few rounds instead of holding one round, and reconciliation after it, for
+/// as long as it takes.
+pub const MAX_BATCHES_PER_ROUND: usize = 20;
+
+/// How long things may wait before the scheduler acts on them, from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Reconciliation asks the acquirer about intents `processing` (refunds `pending`) this long.
+    pub stuck_after: TimeDelta,
+    /// Unpaid intents idle this long are canceled as abandoned.
+    pub abandon_after: TimeDelta,
+}
+
+impl Thresholds {
+    pub fn from_config(config: &Config) -> Self {
+        // The configuration bounds both, so the fallbacks (the defaults) are never used.
+        Self {
+            stuck_after: TimeDelta::from_std(config.reconcile_stuck_after)
+                .unwrap_or(TimeDelta::minutes(5)),
+            abandon_after: TimeDelta::from_std(config.abandon_after)
+                .unwrap_or(TimeDelta::hours(24)),
+        }
+    }
+}
 
 /// Held while this process leads; dropping it closes the session and frees the lock.
 pub struct Leadership {
@@ -68,11 +99,61 @@ pub async fn purge(pool: &PgPool) -> Result<(u64, u64), sqlx::Error> {
     Ok((keys, outbox))
 }
 
+/// Runs one deadline job batch after batch while batches come back full, at most
+/// [`MAX_BATCHES_PER_ROUND`] times; each batch decides against the clock as it is then.
+async fn drain<F, Fut>(job: &'static str, mut step: F)
+where
+    F: FnMut(chrono::DateTime<chrono::Utc>) -> Fut,
+    Fut: Future<Output = Result<usize, DeadlineError>>,
+{
+    let full = usize::try_from(deadlines::BATCH).unwrap_or(usize::MAX);
+    let mut total = 0;
+    for _ in 0..MAX_BATCHES_PER_ROUND {
+        match step(paystream_shared::domain::now()).await {
+            Ok(done) => {
+                total += done;
+                if done < full {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::error!(job, error = %e, "deadline job failed");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(job, intents = total, "deadline job done");
+    }
+}
+
+/// One round of the payment intents' deadline jobs.
+pub async fn keep_deadlines(pool: &PgPool, thresholds: &Thresholds) {
+    drain("expire_authorizations", |now| {
+        deadlines::expire_authorizations(pool, now, deadlines::BATCH)
+    })
+    .await;
+    drain("announce_expiring_authorizations", |now| {
+        deadlines::announce_expiring_authorizations(
+            pool,
+            now,
+            deadlines::EXPIRING_NOTICE,
+            deadlines::BATCH,
+        )
+    })
+    .await;
+    drain("cancel_abandoned", |now| {
+        deadlines::cancel_abandoned(pool, now, thresholds.abandon_after, deadlines::BATCH)
+    })
+    .await;
+}
+
 /// One round of every job. Errors are logged, never fatal: the next round tries again.
-pub async fn tick(pool: &PgPool, acquirer: &Arc<dyn Acquirer>, stuck_after: TimeDelta) {
-    if let Err(e) = reconcile::run_once(pool, acquirer, stuck_after).await {
+pub async fn tick(pool: &PgPool, acquirer: &Arc<dyn Acquirer>, thresholds: &Thresholds) {
+    if let Err(e) = reconcile::run_once(pool, acquirer, thresholds.stuck_after).await {
         tracing::error!(error = %e, "reconciliation failed");
     }
+    keep_deadlines(pool, thresholds).await;
     match purge(pool).await {
         Ok((keys, outbox)) => {
             tracing::info!(idempotency_keys = keys, outbox_rows = outbox, "purged")
@@ -92,8 +173,7 @@ pub async fn run_scheduler(config: Config, shutdown: CancellationToken) -> Resul
         HttpAcquirer::new(&config.acquirer_url, config.acquirer_timeout)
             .map_err(|e| WorkerError::Acquirer(e.to_string()))?,
     );
-    let stuck_after =
-        TimeDelta::from_std(config.reconcile_stuck_after).unwrap_or(TimeDelta::minutes(5));
+    let thresholds = Thresholds::from_config(&config);
     while !shutdown.is_cancelled() {
         let leadership = match try_lead(&pool).await {
             Ok(l) => l,
@@ -118,7 +198,7 @@ pub async fn run_scheduler(config: Config, shutdown: CancellationToken) -> Resul
                         tracing::warn!("lost the leadership session; standing by");
                         break;
                     }
-                    tick(&pool, &acquirer, stuck_after).await;
+                    tick(&pool, &acquirer, &thresholds).await;
                 }
             }
         }
