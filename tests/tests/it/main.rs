@@ -4,6 +4,7 @@
 mod audit;
 mod auth;
 mod chaos;
+mod deadlines;
 mod idempotency;
 mod intents;
 mod ops;
