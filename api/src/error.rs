@@ -2,6 +2,10 @@
 //! `{"error": {"type", "code", "message", "param"}}` with the most specific status.
 //! Caller mistakes carry a code from CONTRACT.md; unexpected failures become an opaque 500
 //! whose cause is logged, never shown.
+//!
+//! Messages and params often quote what the caller sent (an id, a currency, a metadata key), and
+//! callers paste card numbers and keys into the wrong field, so both are scrubbed when the error
+//! is built and again when it is serialized (the fields are public and may be set directly).
 
 use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
@@ -9,6 +13,7 @@ use serde::Serialize;
 
 use paystream_shared::domain::DomainError;
 use paystream_shared::store::StoreError;
+use paystream_shared::telemetry::scrub;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{status} {code}: {message}")]
@@ -42,14 +47,14 @@ impl ApiError {
             status,
             kind,
             code: code.to_owned(),
-            message: message.into(),
+            message: scrub(&message.into()),
             param: None,
             retry_after_secs: None,
         }
     }
 
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
-        self.param = Some(param.into());
+        self.param = Some(scrub(&param.into()));
         self
     }
 
@@ -81,7 +86,8 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str, id: &str) -> Self {
-        let shown: String = id.chars().take(64).collect();
+        // Scrub before cutting, so a card number split by the cut cannot leave a fragment behind.
+        let shown: String = scrub(id).chars().take(64).collect();
         Self::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -129,12 +135,14 @@ impl ApiError {
 
     /// The response body bytes, as stored for idempotent replays.
     pub fn body_bytes(&self) -> Vec<u8> {
+        let message = scrub(&self.message);
+        let param = self.param.as_deref().map(scrub);
         let body = Body {
             error: Inner {
                 kind: self.kind,
                 code: &self.code,
-                message: &self.message,
-                param: self.param.as_deref(),
+                message: &message,
+                param: param.as_deref(),
             },
         };
         serde_json::to_vec(&body).unwrap_or_default()
@@ -312,6 +320,32 @@ mod tests {
             (e.status, e.param.as_deref()),
             (StatusCode::BAD_REQUEST, Some("currency"))
         );
+    }
+
+    #[test]
+    fn bodies_never_echo_a_card_number_or_a_key() {
+        let pan = "4242424242424242";
+        let key = "sk_test_0123456789abcdefghij";
+        let errors = [
+            ApiError::not_found("payment_intent", pan),
+            // Cut at 64 characters before scrubbing, this would leave 9 digits behind.
+            ApiError::not_found("refund", &format!("{} {pan}", "x".repeat(54))),
+            ApiError::invalid("currency_invalid", format!("`{pan}` is no currency")),
+            ApiError::invalid("metadata_invalid", "too long")
+                .with_param(format!("metadata[{pan}]")),
+            ApiError::invalid("parameter_invalid", format!("bad {key}")).with_param(key),
+            // Fields set directly, after construction, are caught when serialized.
+            ApiError {
+                message: format!("raw {pan} {key}"),
+                param: Some(pan.to_owned()),
+                ..ApiError::invalid("parameter_invalid", "x")
+            },
+        ];
+        for e in errors {
+            let body = String::from_utf8(e.body_bytes()).unwrap();
+            assert!(!body.contains("42424242"), "{body}");
+            assert!(!body.contains("0123456789abcdef"), "{body}");
+        }
     }
 
     #[test]

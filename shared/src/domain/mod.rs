@@ -17,6 +17,12 @@ pub fn now() -> DateTime<Utc> {
     t.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(t)
 }
 
+/// At most `max` characters of what a caller sent, for an error message. Scrubbed before it is
+/// cut: a cut through a card number would leave a fragment too short for the scrubber to know.
+pub(crate) fn quote_input(raw: &str, max: usize) -> String {
+    crate::telemetry::scrub(raw).chars().take(max).collect()
+}
+
 /// A caller's mistake in a domain value, with the contract's error code and the offending field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]

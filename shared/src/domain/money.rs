@@ -91,7 +91,7 @@ impl Currency {
                     Some("currency".to_owned()),
                     format!(
                         "`{}` is not a supported ISO 4217 currency code",
-                        truncate(raw, 16)
+                        super::quote_input(raw, 16)
                     ),
                 )
             })
@@ -235,10 +235,6 @@ impl fmt::Display for Money {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +254,19 @@ mod tests {
         assert_eq!(err.code, "currency_invalid");
         assert_eq!(err.param.as_deref(), Some("currency"));
         assert!(Currency::parse("").is_err());
+    }
+
+    #[test]
+    fn an_unknown_currency_never_echoes_a_card_number_or_part_of_one() {
+        for raw in [
+            "4242424242424242",
+            "abcd 4242424242424242",
+            "sk_test_0123456789abcdef",
+        ] {
+            let message = Currency::parse(raw).unwrap_err().message;
+            assert!(!message.contains("42424242"), "{message}");
+            assert!(!message.contains("0123456789"), "{message}");
+        }
     }
 
     #[test]

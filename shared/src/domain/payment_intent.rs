@@ -125,7 +125,7 @@ impl FromStr for PaymentIntentStatus {
                     Some("status".to_owned()),
                     format!(
                         "`{}` is not a payment intent status",
-                        s.chars().take(40).collect::<String>()
+                        super::quote_input(s, 40)
                     ),
                 )
             })

@@ -200,7 +200,7 @@ impl EventType {
             .find(|t| **t == raw)
             .map(|t| EventType(t))
             .ok_or_else(|| {
-                let shown: String = raw.chars().take(64).collect();
+                let shown = super::quote_input(raw, 64);
                 DomainError::new(
                     "event_type_invalid",
                     Some("type".to_owned()),

@@ -185,3 +185,59 @@ async fn unknown_routes_and_methods_answer_in_the_contract_shape() {
     assert!(r.status.is_client_error(), "{}", r.text);
     assert!(r.body["error"]["code"].is_string(), "{}", r.text);
 }
+
+#[tokio::test]
+async fn error_bodies_never_echo_a_card_number_or_a_key() {
+    let app = spawn_app().await;
+    // A Luhn-valid test card, and a string the scrubber knows as a secret key.
+    let pan = "4242424242424242";
+    let key = "sk_test_0123456789abcdefXYZ";
+    let base = json!({"amount": 1099, "currency": "usd", "customerId": "cus_1"});
+    let with = |k: &str, v: serde_json::Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        b
+    };
+    let mut replies = Vec::new();
+    for secret in [pan, key] {
+        for path in [
+            format!("/api/payment-intents/{secret}"),
+            format!("/api/refunds/{secret}"),
+            format!("/api/events/{secret}"),
+            format!("/api/payment-intents?status={secret}"),
+            format!("/api/events?type={secret}"),
+            format!("/api/webhooks/events?eventId={secret}"),
+            format!("/api/webhooks/events?status={secret}"),
+            format!("/api/payment-intents?startingAfter={secret}"),
+        ] {
+            replies.push((path.clone(), app.get(&path).await));
+        }
+        for body in [
+            with("currency", json!(secret)),
+            with("currency", json!(format!("abcd {secret}"))),
+            with("metadata", json!({secret: "v".repeat(501)})),
+            with(secret, json!(1)),
+        ] {
+            replies.push((
+                body.to_string(),
+                app.post("/api/payment-intents", body).await,
+            ));
+        }
+        replies.push((
+            "refund".to_owned(),
+            app.post("/api/refunds", json!({"paymentIntentId": secret}))
+                .await,
+        ));
+    }
+    for (what, r) in &replies {
+        assert!(r.status.is_client_error(), "{what} -> {}", r.text);
+        assert!(r.body["error"]["code"].is_string(), "{what} -> {}", r.text);
+        for secret in [pan, key, "42424242", "0123456789abcdef"] {
+            assert!(
+                !r.text.contains(secret),
+                "{what}: the error body echoes `{secret}`: {}",
+                r.text
+            );
+        }
+    }
+}
