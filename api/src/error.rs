@@ -15,6 +15,11 @@ use paystream_shared::domain::DomainError;
 use paystream_shared::store::StoreError;
 use paystream_shared::telemetry::scrub;
 
+/// PostgreSQL's SQLSTATEs for text it cannot store: `character_not_in_repertoire` (a NUL byte
+/// in a `text` parameter) and `untranslatable_character` (`\u0000` inside `jsonb`). Only what a
+/// caller sent can carry such a character, so they are the caller's mistake, never a 500.
+const INVALID_TEXT_SQLSTATES: &[&str] = &["22021", "22P05"];
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{status} {code}: {message}")]
 pub struct ApiError {
@@ -204,6 +209,7 @@ impl From<StoreError> for ApiError {
                 format!("The {object} {id} changed while this request ran; it is no longer `{expected}`"),
             ),
             StoreError::NotFound(id) => ApiError::not_found("object", &id),
+            StoreError::Db(e) => e.into(),
             other => ApiError::internal(&other),
         }
     }
@@ -211,7 +217,20 @@ impl From<StoreError> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        ApiError::internal(&e)
+        let sqlstate = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .filter(|code| INVALID_TEXT_SQLSTATES.contains(&code.as_ref()));
+        match sqlstate {
+            Some(code) => {
+                tracing::info!(sqlstate = %code, "refused a parameter PostgreSQL cannot store");
+                ApiError::invalid(
+                    "parameter_invalid",
+                    "A parameter contains a character that cannot be stored (such as U+0000)",
+                )
+            }
+            None => ApiError::internal(&e),
+        }
     }
 }
 

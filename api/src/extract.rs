@@ -4,6 +4,11 @@
 //! offending field in `param`, unknown fields are refused as Stripe does, and an integer field
 //! never accepts `10.5` or `"1099"`. `SerdeJson<T>` answers with serde too, so a response, its
 //! idempotent replay and the event it caused share one serialization.
+//!
+//! Strings and object keys may not hold U+0000 or other control characters (tab, line feed and
+//! carriage return excepted): PostgreSQL cannot store U+0000 at all, and the rest have no place
+//! in ids, codes or descriptions. Refusing them here names the field; the mapping of
+//! PostgreSQL's invalid-text errors in `error.rs` is the safety net for query and path values.
 
 use poem::{IntoResponse, Request, RequestBody, Response};
 use poem_openapi::registry::{MetaMediaType, MetaRequest, MetaSchemaRef, Registry};
@@ -67,7 +72,61 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })?;
     de.end()
         .map_err(|_| ApiError::invalid("invalid_json", "Unexpected data after the JSON body"))?;
+    reject_control_characters(bytes)?;
     Ok(value)
+}
+
+/// JSON forbids raw control characters inside strings, so one can only arrive as a `\u` escape:
+/// a body without `\u` needs no second look.
+fn reject_control_characters(bytes: &[u8]) -> Result<(), ApiError> {
+    if !bytes.windows(2).any(|w| w == b"\\u") {
+        return Ok(());
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Ok(());
+    };
+    let Some(path) = find_control_character(&value, "") else {
+        return Ok(());
+    };
+    if path.is_empty() {
+        return Err(ApiError::invalid(
+            "parameter_invalid",
+            "The request body contains a control character such as U+0000",
+        ));
+    }
+    Err(ApiError::invalid(
+        "parameter_invalid",
+        format!("`{path}` contains a control character such as U+0000"),
+    )
+    .with_param(path))
+}
+
+fn is_refused(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\n' | '\r')
+}
+
+/// The path of the first string holding a refused character, in `serde_path_to_error`'s
+/// notation (`metadata.note`, `events[2]`); a refused object key names the object itself.
+fn find_control_character(value: &serde_json::Value, path: &str) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => s.chars().any(is_refused).then(|| path.to_owned()),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| find_control_character(v, &format!("{path}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.chars().any(is_refused) {
+                return Some(path.to_owned());
+            }
+            let child = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            find_control_character(v, &child)
+        }),
+        _ => None,
+    }
 }
 
 fn backticked<'a>(message: &'a str, lead: &str) -> Option<&'a str> {
@@ -225,6 +284,42 @@ mod tests {
     fn error_messages_never_echo_a_card_number() {
         let e = err(r#"{"amount": "4242424242424242"}"#);
         assert!(!e.message.contains("4242424242424242"), "{}", e.message);
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Texts {
+        #[allow(dead_code)]
+        name: String,
+        #[allow(dead_code)]
+        tags: Option<Vec<String>>,
+        #[allow(dead_code)]
+        metadata: Option<std::collections::BTreeMap<String, String>>,
+    }
+
+    #[test]
+    fn control_characters_are_refused_naming_the_field() {
+        let param = |body: &str| {
+            let e = parse_json::<Texts>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.code, "parameter_invalid", "{body}");
+            e.param
+        };
+        assert_eq!(param(r#"{"name": "a\u0000b"}"#).as_deref(), Some("name"));
+        assert_eq!(
+            param(r#"{"name": "a", "tags": ["ok", "\u001b[31m"]}"#).as_deref(),
+            Some("tags[1]")
+        );
+        assert_eq!(
+            param(r#"{"name": "a", "metadata": {"note": "x\u0000"}}"#).as_deref(),
+            Some("metadata.note")
+        );
+        assert_eq!(
+            param(r#"{"name": "a", "metadata": {"k\u0000": "v"}}"#).as_deref(),
+            Some("metadata")
+        );
+        // Escapes that are not control characters, and the whitespace ones, still parse.
+        let fine = r#"{"name": "caf\u00e9 \u2603\ttab\nline\r\n", "tags": ["\\u0000 is text"]}"#;
+        assert!(parse_json::<Texts>(fine.as_bytes()).is_ok());
     }
 
     #[test]

@@ -187,6 +187,96 @@ async fn unknown_routes_and_methods_answer_in_the_contract_shape() {
 }
 
 #[tokio::test]
+async fn a_nul_character_is_a_400_on_every_route_never_a_5xx() {
+    let app = spawn_app().await;
+    // Bodies are checked as they are parsed, so the error names the field.
+    let base = json!({"amount": 1099, "currency": "usd", "customerId": "cus_1"});
+    let with = |k: &str, v: serde_json::Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        b
+    };
+    let bodies = [
+        (
+            "/api/payment-intents",
+            with("customerId", json!("a\u{0}b")),
+            "customerId",
+        ),
+        (
+            "/api/payment-intents",
+            with("description", json!("line\u{0}")),
+            "description",
+        ),
+        (
+            "/api/payment-intents",
+            with("metadata", json!({"note": "x\u{0}y"})),
+            "metadata.note",
+        ),
+        (
+            "/api/payment-intents",
+            with("metadata", json!({"k\u{0}": "v"})),
+            "metadata",
+        ),
+        (
+            "/api/payment-intents",
+            with("description", json!("bell \u{7}")),
+            "description",
+        ),
+        (
+            "/api/refunds",
+            json!({"paymentIntentId": "pi_\u{0}"}),
+            "paymentIntentId",
+        ),
+        (
+            "/api/webhooks/subscribe",
+            json!({"url": "https://shop.example/\u{0}", "events": ["*"]}),
+            "url",
+        ),
+    ];
+    for (i, (path, body, param)) in bodies.into_iter().enumerate() {
+        let r = app.post(path, body.clone()).await;
+        r.assert_error(400, "parameter_invalid");
+        assert_eq!(r.error_param(), param, "{path} {body} -> {}", r.text);
+        // The same through the Idempotency-Key's own body read.
+        app.post_idem(path, &format!("nul-{i}"), body)
+            .await
+            .assert_error(400, "parameter_invalid");
+    }
+
+    // Path and query values reach PostgreSQL as they are; its refusal is a 400 too.
+    let intent = app.create_intent(json!({})).await;
+    let pi = intent["id"].as_str().unwrap();
+    for path in [
+        "/api/refunds/re_%00x".to_owned(),
+        "/api/refunds?paymentIntentId=pi_%00x".to_owned(),
+        "/api/refunds?startingAfter=re_%00x".to_owned(),
+        "/api/payment-intents?customerId=a%00b".to_owned(),
+        "/api/payment-intents?startingAfter=pi_%00x".to_owned(),
+        "/api/webhooks/events?subscriptionId=we_%00x".to_owned(),
+        "/api/webhooks/events?startingAfter=wd_%00x".to_owned(),
+        "/api/events?startingAfter=evt_%00x".to_owned(),
+        "/api/audit-log?objectId=a%00b".to_owned(),
+        format!("/api/audit-log?objectId={pi}&startingAfter=aud_%00x"),
+    ] {
+        let r = app.get(&path).await;
+        assert!(!r.status.is_server_error(), "{path} -> {}", r.text);
+        r.assert_error(400, "parameter_invalid");
+    }
+    for path in [
+        "/api/payment-intents/pi_%00x/cancel",
+        "/api/payment-intents/pi_%00x/refund",
+    ] {
+        let r = app.post(path, json!({})).await;
+        assert!(!r.status.is_server_error(), "{path} -> {}", r.text);
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM payment_intents")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 1, "nothing was created by bad input");
+}
+
+#[tokio::test]
 async fn error_bodies_never_echo_a_card_number_or_a_key() {
     let app = spawn_app().await;
     // A Luhn-valid test card, and a string the scrubber knows as a secret key.
