@@ -131,11 +131,13 @@ pub async fn create(
         .checked_sub(Amount::from_stored(committed))
         .unwrap_or(Amount::ZERO);
     let amount = match amount {
+        // The contract answers every refund beyond `amountReceived` with `amount_too_large`,
+        // whether the amount was asked for or implied by leaving it out.
         None if remaining.is_zero() => {
             return Err(StoreError::Rejected(DomainError::new(
-                "charge_already_refunded",
+                "amount_too_large",
                 Some("amount".into()),
-                "This payment intent has already been refunded in full",
+                "Nothing is left to refund: this payment intent's refunds, settled or pending, already cover all of it",
             )))
         }
         None => remaining,

@@ -113,6 +113,35 @@ async fn ten_concurrent_refunds_of_forty_percent_accept_at_most_two() {
 }
 
 #[tokio::test]
+async fn refunding_what_pending_refunds_already_cover_is_amount_too_large() {
+    let app = spawn_app().await;
+    let _c = app.start_confirm_worker();
+    // No refund worker: the first refund stays pending, the intent stays `succeeded`.
+    let pi = app.succeeded_intent(800).await;
+    let r = app
+        .post("/api/refunds", json!({"paymentIntentId": pi}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["amount"], 800);
+    for body in [
+        json!({"paymentIntentId": pi}),
+        json!({"paymentIntentId": pi, "amount": 1}),
+    ] {
+        let r = app.post("/api/refunds", body).await;
+        r.assert_error(400, "amount_too_large");
+        assert_eq!(r.error_param(), "amount");
+    }
+    app.post(&format!("/api/payment-intents/{pi}/refund"), json!({}))
+        .await
+        .assert_error(400, "amount_too_large");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM refunds")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
 async fn refund_rules_and_bad_input() {
     let app = spawn_app().await;
     let unpaid = app.create_intent(json!({})).await["id"]
