@@ -83,7 +83,17 @@ fn hex_bytes<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error
     s.serialize_str(&hex::encode(bytes))
 }
 
-/// Newest first, scoped to one merchant, optionally to one object; `starting_after` is an entry id.
+/// Whether `id` is an audit entry of this merchant: a list cursor must name one.
+pub async fn exists(pool: &PgPool, merchant_id: &str, id: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM audit_log WHERE id = $1 AND merchant_id = $2)")
+        .bind(id)
+        .bind(merchant_id)
+        .fetch_one(pool)
+        .await
+}
+
+/// Newest first, scoped to one merchant, optionally to one object; `starting_after` is an entry
+/// id of that merchant (the caller checks it with [`exists`]).
 pub async fn list(
     pool: &PgPool,
     merchant_id: &str,

@@ -41,6 +41,17 @@ impl AuditApi {
         #[oai(name = "startingAfter")] starting_after: Query<Option<String>>,
     ) -> Result<AuditListResponse, ApiError> {
         let limit = parse_limit(limit.0.as_deref())?;
+        // An unknown cursor would otherwise read as an empty last page; answer as the other
+        // lists do. Another merchant's entry is unknown here too.
+        if let Some(cursor) = starting_after.0.as_deref() {
+            if !audit::exists(&state.pool, &auth.0.merchant_id, cursor).await? {
+                return Err(ApiError::invalid(
+                    "resource_missing",
+                    "`startingAfter` names no audit log entry of yours",
+                )
+                .with_param("startingAfter"));
+            }
+        }
         let mut rows = audit::list(
             &state.pool,
             &auth.0.merchant_id,

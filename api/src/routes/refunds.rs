@@ -157,6 +157,17 @@ impl RefundsApi {
         #[oai(name = "startingAfter")] starting_after: Query<Option<String>>,
     ) -> Result<RefundListResponse, ApiError> {
         let limit = parse_limit(limit.0.as_deref())?;
+        // An unknown cursor would otherwise read as an empty last page; answer as the other
+        // lists do. Another merchant's refund is unknown here too.
+        if let Some(cursor) = starting_after.0.as_deref() {
+            if !store::exists(&state.pool, &auth.0.merchant_id, cursor).await? {
+                return Err(ApiError::invalid(
+                    "resource_missing",
+                    "`startingAfter` names no refund of yours",
+                )
+                .with_param("startingAfter"));
+            }
+        }
         let mut rows = store::list(
             &state.pool,
             &auth.0.merchant_id,

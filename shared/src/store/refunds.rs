@@ -322,7 +322,23 @@ pub async fn get_any<'e>(db: impl PgExecutor<'e>, id: &str) -> Result<Option<Ref
         .transpose()
 }
 
-/// Newest first, optionally for one intent, after the `starting_after` refund.
+/// Whether `id` is a refund of this merchant: a list cursor must name one.
+pub async fn exists<'e>(
+    db: impl PgExecutor<'e>,
+    merchant_id: &str,
+    id: &str,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM refunds WHERE id = $1 AND merchant_id = $2)",
+    )
+    .bind(id)
+    .bind(merchant_id)
+    .fetch_one(db)
+    .await?)
+}
+
+/// Newest first, optionally for one intent, after the `starting_after` refund (which the
+/// caller has checked with [`exists`]).
 pub async fn list<'e>(
     db: impl PgExecutor<'e>,
     merchant_id: &str,

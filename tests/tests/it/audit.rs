@@ -1,4 +1,5 @@
 use paystream_shared::audit;
+use paystream_shared::store::merchants::Role;
 use paystream_tests::spawn_app;
 use serde_json::json;
 
@@ -39,6 +40,29 @@ async fn every_transition_is_audited_with_actor_before_and_after() {
         .await;
     assert_eq!(next.body["data"][0]["action"], "payment_intent.created");
     assert_eq!(next.body["hasMore"], false);
+}
+
+#[tokio::test]
+async fn an_unknown_audit_cursor_is_a_400() {
+    let app = spawn_app().await;
+    app.create_intent(json!({})).await;
+    let log = app.get("/api/audit-log").await;
+    let entry = log.body["data"][0]["id"].as_str().unwrap().to_owned();
+    let page = app
+        .get(&format!("/api/audit-log?startingAfter={entry}"))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert_eq!(page.body["data"], json!([]));
+    let r = app.get("/api/audit-log?startingAfter=aud_missing").await;
+    r.assert_error(400, "resource_missing");
+    assert_eq!(r.error_param(), "startingAfter");
+    // Another merchant's entry is unknown too, exactly like a missing one.
+    let other = app.other_merchant("globex", Role::Admin).await;
+    let r = app
+        .get_as(&other, &format!("/api/audit-log?startingAfter={entry}"))
+        .await;
+    r.assert_error(400, "resource_missing");
+    assert_eq!(r.error_param(), "startingAfter");
 }
 
 #[tokio::test]

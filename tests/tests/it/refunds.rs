@@ -223,6 +223,18 @@ async fn refund_rules_and_bad_input() {
     app.get_as(&other, &format!("/api/refunds/{id}"))
         .await
         .assert_error(404, "resource_missing");
+    // A list cursor must be a refund of the caller's, as in every other list.
+    let page = app.get(&format!("/api/refunds?startingAfter={id}")).await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert_eq!(page.body["data"], json!([]));
+    let r = app.get("/api/refunds?startingAfter=re_missing").await;
+    r.assert_error(400, "resource_missing");
+    assert_eq!(r.error_param(), "startingAfter");
+    let r = app
+        .get_as(&other, &format!("/api/refunds?startingAfter={id}"))
+        .await;
+    r.assert_error(400, "resource_missing");
+    assert_eq!(r.error_param(), "startingAfter");
     assert_eq!(
         app.get_as(&other, "/api/refunds").await.body["data"]
             .as_array()
