@@ -1,4 +1,7 @@
-//! Authentication and the role check, in front of every `/api` route.
+//! Authentication, the per-key rate limit and the role check, in front of every `/api` route.
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use poem::http::Method;
 use poem::{Endpoint, IntoResponse, Request, Response};
@@ -9,6 +12,7 @@ use paystream_shared::audit::Actor;
 use paystream_shared::store::merchants::{self, Role};
 
 use crate::error::ApiError;
+use crate::rate_limit::RateLimiter;
 use crate::{idempotency, AppState};
 
 /// Who is calling: put in the request's extensions once the key checks out.
@@ -44,8 +48,13 @@ fn bearer(req: &Request) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Authenticates, enforces the role, then runs POSTs under their Idempotency-Key.
-pub async fn guard<E: Endpoint>(ep: E, mut req: Request) -> poem::Result<Response> {
+/// Authenticates, applies the key's rate limit, enforces the role, then runs POSTs under their
+/// Idempotency-Key.
+pub async fn guard<E: Endpoint>(
+    ep: E,
+    mut req: Request,
+    limiter: Arc<RateLimiter>,
+) -> poem::Result<Response> {
     let state = req
         .data::<AppState>()
         .cloned()
@@ -60,6 +69,11 @@ pub async fn guard<E: Endpoint>(ep: E, mut req: Request) -> poem::Result<Respons
         .await
         .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::unauthorized("Invalid API key provided."))?;
+    // Limited by key id, after authentication: a made-up key cannot drain a real key's bucket.
+    // Before the Idempotency-Key is taken, so a 429 leaves the key free for the retry.
+    if let Err(limited) = limiter.check(&owner.key_id, Instant::now()) {
+        return Err(ApiError::rate_limited(limited.retry_after_secs).into());
+    }
     if req.method() != Method::GET && !owner.role.may_write() {
         return Err(
             ApiError::forbidden(format!("A `{}` key may only read.", owner.role.as_str())).into(),

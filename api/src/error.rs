@@ -129,6 +129,18 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error", "An unexpected error occurred; it has been logged. Retrying with the same Idempotency-Key is safe.")
     }
 
+    /// Over the caller's request rate; `Retry-After` says when a request will be accepted again.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        let mut err = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "rate_limited",
+            "Too many requests with this API key; retry after the time in the Retry-After header.",
+        );
+        err.retry_after_secs = Some(retry_after_secs.max(1));
+        err
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -365,6 +377,18 @@ mod tests {
             assert!(!body.contains("42424242"), "{body}");
             assert!(!body.contains("0123456789abcdef"), "{body}");
         }
+    }
+
+    #[test]
+    fn rate_limited_is_a_429_with_retry_after() {
+        let resp = ApiError::rate_limited(0).into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers().get("Retry-After").unwrap(), "1");
+        let e = ApiError::rate_limited(3);
+        assert_eq!(
+            (e.code.as_str(), e.retry_after_secs),
+            ("rate_limited", Some(3))
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod metrics;
+pub mod rate_limit;
 pub mod routes;
 
 use std::net::TcpListener;
@@ -59,17 +60,22 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(apis(), "paystream", env!("CARGO_PKG_VERSION")).server("/api")
 }
 
-/// The whole HTTP application: `/api` behind authentication and idempotency, operations
-/// endpoints beside it, and every error in the contract's shape.
+/// The whole HTTP application: `/api` behind authentication, the per-key rate limit and
+/// idempotency, operations endpoints beside it, and every error in the contract's shape.
 pub fn app(state: AppState) -> impl Endpoint {
+    // One limiter per application, so the limit is per process (see `rate_limit`).
+    let limiter = Arc::new(rate_limit::RateLimiter::new(
+        state.config.rate_limit_per_sec,
+    ));
     let api = openapi_service();
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let metrics = state.metrics.clone();
     // The acquirer has no merchant key; its notifications carry a signature instead. The
     // route is the same operation the docs list under `/api`, served from a service of its
-    // own outside the guard. A static path outranks the `/api` nest's catch-all in poem's
-    // router, so requests for it never reach the guarded copy.
+    // own outside the guard (so no merchant's rate limit applies to it either). A static path
+    // outranks the `/api` nest's catch-all in poem's router, so requests for it never reach the
+    // guarded copy.
     let provider = OpenApiService::new(
         routes::provider::ProviderApi,
         "paystream",
@@ -80,7 +86,10 @@ pub fn app(state: AppState) -> impl Endpoint {
             "/api/provider/webhooks",
             Route::new().nest("/api", provider),
         )
-        .nest("/api", api.around(auth::guard))
+        .nest(
+            "/api",
+            api.around(move |ep, req| auth::guard(ep, req, limiter.clone())),
+        )
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .at("/healthz", poem::get(routes::ops::healthz))

@@ -49,6 +49,9 @@ pub struct Config {
     /// Connections each process may hold to PostgreSQL. Every replica of every process has its
     /// own pool, so their sum must stay under the server's `max_connections`.
     pub db_pool_size: u32,
+    /// Requests per second each API key may make to one API process (a token bucket holding
+    /// one second's worth); 0 turns the limit off. Per process: N replicas allow N times this.
+    pub rate_limit_per_sec: u32,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/paystream";
@@ -173,6 +176,13 @@ impl Config {
                 reason: "must be a whole number above 0".into(),
             })?;
 
+        let rate_raw = get("PAYSTREAM_RATE_LIMIT_PER_SEC", "1000");
+        let rate_limit_per_sec = rate_raw.parse::<u32>().map_err(|_| ConfigError {
+            var: "PAYSTREAM_RATE_LIMIT_PER_SEC",
+            value: rate_raw.clone(),
+            reason: "must be a whole number of requests per second (0 turns the limit off)".into(),
+        })?;
+
         let webhook_secret_key = parse_webhook_key(&get(
             "PAYSTREAM_WEBHOOK_SECRET_KEY",
             DEVELOPMENT_WEBHOOK_SECRET_KEY,
@@ -213,6 +223,7 @@ impl Config {
             reconcile_stuck_after,
             abandon_after,
             db_pool_size,
+            rate_limit_per_sec,
         })
     }
 }
@@ -275,6 +286,15 @@ mod tests {
         assert!(cfg(&[("PAYSTREAM_RECONCILE_INTERVAL_SECS", "often")]).is_err());
         assert_eq!(c.db_pool_size, 16);
         assert!(cfg(&[("PAYSTREAM_DB_POOL_SIZE", "0")]).is_err());
+        assert_eq!(c.rate_limit_per_sec, 1000);
+        assert_eq!(
+            cfg(&[("PAYSTREAM_RATE_LIMIT_PER_SEC", "0")])
+                .unwrap()
+                .rate_limit_per_sec,
+            0
+        );
+        assert!(cfg(&[("PAYSTREAM_RATE_LIMIT_PER_SEC", "-1")]).is_err());
+        assert!(cfg(&[("PAYSTREAM_RATE_LIMIT_PER_SEC", "fast")]).is_err());
     }
 
     #[test]

@@ -91,9 +91,19 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_on(&nats_url()).await
 }
 
+/// Like [`spawn_app`], with the test configuration changed by `configure` first (a rate
+/// limit, a timeout); the API and the workers the app starts all use the changed one.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_configured(&nats_url(), configure).await
+}
+
 /// Like [`spawn_app`], against the NATS server at `nats` (tests that stop the broker run
 /// their own).
 pub async fn spawn_app_on(nats: &str) -> TestApp {
+    spawn_app_configured(nats, |_| {}).await
+}
+
+async fn spawn_app_configured(nats: &str, configure: impl FnOnce(&mut Config)) -> TestApp {
     let db = TestDb::new().await;
     let prefix = format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let shutdown = CancellationToken::new();
@@ -114,7 +124,9 @@ pub async fn spawn_app_on(nats: &str) -> TestApp {
         shutdown.clone(),
     ));
 
-    let config = Arc::new(test_config(&db.url, &prefix, nats, &sim_url));
+    let mut config = test_config(&db.url, &prefix, nats, &sim_url);
+    configure(&mut config);
+    let config = Arc::new(config);
     let (client, js) = paystream_nats::topology::connect(nats)
         .await
         .expect("NATS is running");

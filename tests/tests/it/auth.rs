@@ -92,3 +92,64 @@ async fn bootstrap_key_is_idempotent() {
         .await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn a_key_over_its_rate_gets_429_with_retry_after_and_recovers() {
+    let app = paystream_tests::spawn_app_with(|c| c.rate_limit_per_sec = 5).await;
+    let replies = futures::future::join_all((0..20).map(|_| app.get("/api/payment-intents"))).await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let limited: Vec<_> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(ok + limited.len(), 20, "only 200s and 429s");
+    assert!(ok >= 5, "the burst is one second's worth: {ok}");
+    // Tokens come back at 5/s while the burst is served, so how many pass depends on the
+    // machine's speed; on any machine most of 20 at once do not.
+    assert!(!limited.is_empty(), "none of 20 limited");
+    for r in &limited {
+        r.assert_error(429, "rate_limited");
+        let secs: u64 = r.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .expect("Retry-After in whole seconds");
+        assert!(secs >= 1, "{secs}");
+    }
+
+    // A limited POST never takes its Idempotency-Key, so the retry runs.
+    let body = json!({"amount": 1099, "currency": "usd", "customerId": "cus_1"});
+    let r = app
+        .post_idem("/api/payment-intents", "after-429", body.clone())
+        .await;
+    r.assert_error(429, "rate_limited");
+
+    // Operations, the docs and the acquirer's notifications are outside any key's limit, and
+    // another key has a bucket of its own.
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"] {
+        let r = app
+            .raw(app.http.get(format!("{}{path}", app.address)))
+            .await;
+        assert_eq!(r.status, 200, "{path}");
+    }
+    let r = app
+        .raw(
+            app.http
+                .post(format!("{}/api/provider/webhooks", app.address))
+                .body("{}"),
+        )
+        .await;
+    r.assert_error(400, "signature_missing");
+    let other = app.other_merchant("globex", Role::Admin).await;
+    assert_eq!(app.get_as(&other, "/api/payment-intents").await.status, 200);
+
+    let wait: u64 = limited[0].headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+    let r = app.get("/api/payment-intents").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = app
+        .post_idem("/api/payment-intents", "after-429", body)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
