@@ -33,6 +33,8 @@ pub struct AppState {
     pub nats: Option<async_nats::Client>,
     pub config: Arc<Config>,
     pub metrics: Arc<metrics::ApiMetrics>,
+    /// Wakes this process's outbox relay after a write request, so its rows go out at once.
+    pub relay_waker: paystream_nats::relay::Waker,
 }
 
 /// Every API of the service, in the order the docs show them.
@@ -71,6 +73,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let metrics = state.metrics.clone();
+    let waker = state.relay_waker.clone();
     // The acquirer has no merchant key; its notifications carry a signature instead. The
     // route is the same operation the docs list under `/api`, served from a service of its
     // own outside the guard (so no merchant's rate limit applies to it either). A static path
@@ -97,8 +100,17 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/metrics", poem::get(routes::ops::metrics))
         .catch_all_error(|e| async move { error::to_contract_response(e) })
         .around(move |ep, req| {
-            let metrics = metrics.clone();
-            async move { metrics.observe(ep, req).await }
+            let (metrics, waker) = (metrics.clone(), waker.clone());
+            async move {
+                // Any request but a read may have committed outbox rows; a spurious wake
+                // costs the relay one empty query.
+                let writes = req.method() != poem::http::Method::GET;
+                let resp = metrics.observe(ep, req).await;
+                if writes {
+                    waker.wake();
+                }
+                resp
+            }
         })
         .data(state)
         .with(Tracing)
@@ -137,10 +149,12 @@ pub async fn serve(
     let topology = paystream_nats::topology::Topology::new(&config.stream_prefix);
     topology.ensure(&js).await?;
     // Every API replica also drains the outbox; SKIP LOCKED lets several relays share it.
+    let relay_waker = paystream_nats::relay::Waker::new();
     let relay = tokio::spawn(paystream_nats::relay::run(
         pool.clone(),
         js,
         topology,
+        relay_waker.clone(),
         shutdown.clone(),
     ));
     let state = AppState {
@@ -148,6 +162,7 @@ pub async fn serve(
         nats: Some(nats),
         config: Arc::new(config),
         metrics: Arc::default(),
+        relay_waker,
     };
     let served = run(listener, state, shutdown.clone()).await;
     shutdown.cancel();

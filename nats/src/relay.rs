@@ -4,12 +4,18 @@
 //! A crash between publishing and marking re-publishes the rows later under the same ids,
 //! and JetStream drops them inside the duplicate window. Several relays may run at once:
 //! `FOR UPDATE SKIP LOCKED` gives each its own rows.
+//!
+//! Every process that writes outbox rows runs a relay and wakes it through a [`Waker`] after
+//! its own commits, so a row goes out without polling delay. The outbox used to wake relays
+//! with a NOTIFY trigger instead; PostgreSQL serializes every committing transaction that has
+//! notified on one database-wide lock held through its WAL flush, which capped the whole
+//! system at about one payment per three fsyncs. A slow poll stays as the safety net for rows
+//! whose writer runs no relay (the scheduler, the CLI) or died before waking it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -18,14 +24,27 @@ use uuid::Uuid;
 use crate::backoff::Backoff;
 use crate::topology::Topology;
 
-/// The channel the outbox trigger notifies (migrations/0001_foundation.sql).
-pub const CHANNEL: &str = "paystream_outbox";
 /// Rows per transaction. Large enough that one round of pipelined publishes keeps up with a
 /// burst, small enough that row locks are held for milliseconds.
 pub const BATCH: i64 = 500;
-/// The safety-net poll: covers a lost LISTEN connection and notifications sent while it was
-/// being re-established.
+/// The safety-net poll: covers rows written by processes that run no relay, and wake-ups lost
+/// to a crash between commit and wake.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Wakes a relay in this process; cheap, and many wakes before the relay looks collapse into
+/// one round. Call it after a commit that may have written outbox rows.
+#[derive(Debug, Clone, Default)]
+pub struct Waker(Arc<Notify>);
+
+impl Waker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -159,32 +178,29 @@ impl Default for RelayOptions {
     }
 }
 
-/// Runs the relay until `shutdown` fires: publishes whatever is queued, then sleeps until a
-/// NOTIFY (at once) or the poll (at the latest after [`POLL_INTERVAL`]). NATS or PostgreSQL
-/// being down is logged and retried with backoff; only shutdown ends it.
+/// Runs the relay until `shutdown` fires: publishes whatever is queued, then sleeps until
+/// `waker` fires (at once) or the poll (at the latest after [`POLL_INTERVAL`]). NATS or
+/// PostgreSQL being down is logged and retried with backoff; only shutdown ends it.
 pub async fn run(
     pool: PgPool,
     js: jetstream::Context,
     topology: Topology,
+    waker: Waker,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
-    run_with_options(pool, js, topology, RelayOptions::default(), shutdown).await
+    run_with_options(pool, js, topology, RelayOptions::default(), waker, shutdown).await
 }
 
-/// [`run`] with other options (tests lengthen the poll to prove LISTEN works on its own).
+/// [`run`] with other options (tests lengthen the poll to prove the waker works on its own).
 pub async fn run_with_options(
     pool: PgPool,
     js: jetstream::Context,
     topology: Topology,
     options: RelayOptions,
+    waker: Waker,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     let full_batch = usize::try_from(options.batch).unwrap_or(usize::MAX);
-    let wake = Arc::new(Notify::new());
-    // The listener lives in its own task: it owns a connection, reconnects by itself, and
-    // turns every notification (and every reconnect, when notifications may have been missed)
-    // into one wake-up. Many notifications before the relay looks collapse into one.
-    let listener = tokio::spawn(listen(pool.clone(), wake.clone(), shutdown.clone()));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
     'running: while !shutdown.is_cancelled() {
@@ -216,13 +232,10 @@ pub async fn run_with_options(
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = wake.notified() => {}
+            _ = waker.0.notified() => {}
             _ = tokio::time::sleep(options.poll_interval) => {}
         }
     }
-
-    listener.abort();
-    let _ = listener.await;
     Ok(())
 }
 
@@ -231,7 +244,7 @@ pub async fn run_with_options(
 enum Next {
     /// Another round at once: the batch was full, so there is probably more.
     Drain,
-    /// Sleep until a NOTIFY or the poll.
+    /// Sleep until a wake-up or the poll.
     Wait,
     /// NATS or PostgreSQL is unavailable: wait with growing delays before trying again.
     BackOff,
@@ -257,44 +270,6 @@ fn after_round(round: &Result<usize, RelayError>, full_batch: usize) -> Next {
             }
         }
         Err(_) => Next::BackOff,
-    }
-}
-
-async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    while !shutdown.is_cancelled() {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open the outbox LISTEN connection; polling meanwhile");
-                backoff.wait(&shutdown).await;
-                continue;
-            }
-        };
-        if let Err(e) = listener.listen(CHANNEL).await {
-            tracing::warn!(error = %e, "LISTEN failed; polling meanwhile");
-            backoff.wait(&shutdown).await;
-            continue;
-        }
-        backoff.reset();
-        // Rows committed before LISTEN took effect would otherwise wait for the poll.
-        wake.notify_one();
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(_)) => wake.notify_one(),
-                Ok(None) => {
-                    // The connection dropped; try_recv reconnects on the next call.
-                    tracing::warn!("outbox LISTEN connection lost; reconnecting");
-                    wake.notify_one();
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbox LISTEN failed; reconnecting");
-                    wake.notify_one();
-                    break;
-                }
-            }
-        }
-        backoff.wait(&shutdown).await;
     }
 }
 

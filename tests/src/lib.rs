@@ -138,11 +138,13 @@ async fn spawn_app_configured(nats: &str, configure: impl FnOnce(&mut Config)) -
         .await
         .expect("merchant key");
     drop(conn);
+    let relay_waker = paystream_nats::relay::Waker::new();
     let state = AppState {
         pool: db.pool.clone(),
         nats: Some(client.clone()),
         config: config.clone(),
         metrics: Arc::default(),
+        relay_waker: relay_waker.clone(),
     };
     tokio::spawn(paystream_api::run(listener, state, shutdown.clone()));
     let relay_shutdown = shutdown.child_token();
@@ -150,6 +152,7 @@ async fn spawn_app_configured(nats: &str, configure: impl FnOnce(&mut Config)) -
         db.pool.clone(),
         js.clone(),
         topology.clone(),
+        relay_waker,
         relay_shutdown.clone(),
     ));
     TestApp {

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use paystream_nats::consumer::{self, ConsumerSpec, Handler};
+use paystream_nats::consumer::{self, ConsumerSpec, DeliveryInfo, Handler, Outcome};
 use paystream_nats::metrics::WorkerMetrics;
+use paystream_nats::relay;
 use paystream_nats::topology::{self, Stream, Topology};
 use paystream_shared::config::Config;
 use paystream_shared::retry::{RetrySchedule, MAX_ATTEMPTS};
@@ -50,7 +51,29 @@ pub fn confirm_spec(config: &Config) -> ConsumerSpec {
     spec
 }
 
-/// Runs a consumer with its safety net and metrics log until `shutdown`.
+/// A step that wakes the process's relay once it is done: whatever it committed, including
+/// outbox rows, is then published at once.
+struct WakingRelay<H> {
+    inner: Arc<H>,
+    waker: relay::Waker,
+}
+
+#[paystream_nats::async_trait]
+impl<H: Handler> Handler for WakingRelay<H> {
+    type Command = H::Command;
+
+    async fn handle(&self, cmd: Self::Command, delivery: &DeliveryInfo) -> Outcome {
+        let outcome = self.inner.handle(cmd, delivery).await;
+        self.waker.wake();
+        outcome
+    }
+
+    fn object_id(cmd: &Self::Command) -> Option<String> {
+        H::object_id(cmd)
+    }
+}
+
+/// Runs a consumer with its safety net, metrics log and outbox relay until `shutdown`.
 pub async fn run_consumer<H: Handler>(
     config: &Config,
     spec: ConsumerSpec,
@@ -61,6 +84,21 @@ pub async fn run_consumer<H: Handler>(
     let (client, js) = topology::connect(&config.nats_url).await?;
     let topology = Topology::new(&config.stream_prefix);
     topology.ensure(&js).await?;
+    // The step's outbox rows (events, follow-up commands) go out through this process's own
+    // relay, woken after every handled message, instead of waiting for another process's poll.
+    let relay_pool = paystream_shared::db::connect(config.database_url.expose(), 2).await?;
+    let waker = relay::Waker::new();
+    let relay = tokio::spawn(relay::run(
+        relay_pool,
+        js.clone(),
+        topology.clone(),
+        waker.clone(),
+        shutdown.clone(),
+    ));
+    let handler = Arc::new(WakingRelay {
+        inner: handler,
+        waker,
+    });
     let name = spec.durable.clone();
     let watch = {
         let (client, js, topology, shutdown, durable, stream) = (
@@ -101,6 +139,7 @@ pub async fn run_consumer<H: Handler>(
     shutdown.cancel();
     let _ = watch.await;
     let _ = logger.await;
+    let _ = relay.await;
     client.drain().await.ok();
     result.map_err(WorkerError::from)
 }

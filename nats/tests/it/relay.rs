@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use paystream_nats::relay::{self, RelayError, RelayOptions};
+use paystream_nats::relay::{self, RelayError, RelayOptions, Waker};
 use paystream_nats::Stream;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -127,42 +127,60 @@ async fn a_failed_publish_marks_only_the_acked_rows() {
 }
 
 #[tokio::test]
-async fn listen_wakes_the_relay_without_waiting_for_the_poll() {
+async fn a_wake_publishes_without_waiting_for_the_poll() {
     let (db, nats) = (TestDb::new().await, TestNats::new().await);
     let shutdown = CancellationToken::new();
-    // With the poll a minute away, anything published within seconds was woken by NOTIFY.
+    // With the poll a minute away, anything published within seconds was woken by the waker.
     let options = RelayOptions {
         poll_interval: Duration::from_secs(60),
         ..RelayOptions::default()
     };
+    // A row queued before the relay starts is picked up by its first round.
+    db.enqueue("evt.refund.created", json!({"n": 0})).await;
+    let waker = Waker::new();
     let task = tokio::spawn(relay::run_with_options(
         db.pool.clone(),
         nats.js.clone(),
         nats.topology.clone(),
         options,
+        waker.clone(),
         shutdown.clone(),
     ));
-    // A row queued before the relay listens is picked up by its first round.
-    db.enqueue("evt.refund.created", json!({"n": 0})).await;
-    eventually(Duration::from_secs(3), "the first row is published", || {
-        let nats = &nats;
-        async move { nats.count(Stream::Events).await == 1 }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the first row is published",
+        || {
+            let nats = &nats;
+            async move { nats.count(Stream::Events).await == 1 }
+        },
+    )
     .await;
 
     for i in 1..4 {
         let started = Instant::now();
         db.enqueue("evt.refund.created", json!({"n": i})).await;
+        waker.wake();
         let want = i + 1;
-        eventually(Duration::from_secs(3), "the row is published", || {
+        eventually(Duration::from_secs(10), "the row is published", || {
             let nats = &nats;
             async move { nats.count(Stream::Events).await == want }
         })
         .await;
         // Printed, not asserted: the machine is shared, and the 60 s poll already proves the
-        // wake-up came from NOTIFY.
+        // wake-up came from the waker.
         println!("row {i} published {:?} after its commit", started.elapsed());
     }
+
+    // Without a wake, a committed row waits for the poll: nothing else publishes it.
+    db.enqueue("evt.refund.created", json!({"n": 4})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(nats.count(Stream::Events).await, 4);
+    waker.wake();
+    eventually(Duration::from_secs(10), "published once woken", || {
+        let nats = &nats;
+        async move { nats.count(Stream::Events).await == 5 }
+    })
+    .await;
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(3), task)
@@ -196,6 +214,7 @@ async fn concurrent_relays_publish_each_row_once() {
                 db.pool.clone(),
                 nats.js.clone(),
                 nats.topology.clone(),
+                Waker::new(),
                 shutdown.clone(),
             ))
         })
@@ -232,11 +251,13 @@ async fn a_row_that_cannot_be_published_does_not_hold_up_the_others() {
         poll_interval: Duration::from_secs(60),
         ..RelayOptions::default()
     };
+    let waker = Waker::new();
     let task = tokio::spawn(relay::run_with_options(
         db.pool.clone(),
         nats.js.clone(),
         nats.topology.clone(),
         options,
+        waker.clone(),
         shutdown.clone(),
     ));
     // Several failed rounds' worth of time.
@@ -248,6 +269,7 @@ async fn a_row_that_cannot_be_published_does_not_hold_up_the_others() {
     // back-off delay is `after_round`'s unit test; timing it here would only measure the load.
     for i in 0..3 {
         db.enqueue("evt.x.y", json!({"n": i})).await;
+        waker.wake();
         let want = i + 1;
         eventually(Duration::from_secs(20), "published", || {
             let nats = &nats;

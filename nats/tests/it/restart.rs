@@ -120,6 +120,7 @@ async fn worker_and_relay_survive_a_nats_restart() {
         db.pool.clone(),
         js.clone(),
         topology.clone(),
+        relay::Waker::new(),
         shutdown.clone(),
     ));
 

@@ -173,6 +173,7 @@ async fn a_relay_that_died_between_publish_and_mark_republishes_without_double_a
         app.pool.clone(),
         app.js.clone(),
         app.topology.clone(),
+        paystream_nats::relay::Waker::new(),
         relay.clone(),
     ));
     paystream_tests::eventually(Duration::from_secs(20), "the outbox to drain", || async {

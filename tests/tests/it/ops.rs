@@ -51,6 +51,7 @@ async fn readyz_is_503_without_nats() {
         nats: None,
         config: app.config.clone(),
         metrics: Default::default(),
+        relay_waker: Default::default(),
     };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

@@ -389,6 +389,7 @@ async fn private_addresses_are_refused_at_subscribe_and_at_connect_time() {
             nats: None,
             config: Arc::new(strict.clone()),
             metrics: Arc::default(),
+            relay_waker: Default::default(),
         },
         app.shutdown.child_token(),
     ));
