@@ -86,15 +86,20 @@ pub async fn run_consumer<H: Handler>(
     topology.ensure(&js).await?;
     // The step's outbox rows (events, follow-up commands) go out through this process's own
     // relay, woken after every handled message, instead of waiting for another process's poll.
-    let relay_pool = paystream_shared::db::connect(config.database_url.expose(), 2).await?;
+    // Webhook deliveries write no outbox rows, so their consumer runs none.
     let waker = relay::Waker::new();
-    let relay = tokio::spawn(relay::run(
-        relay_pool,
-        js.clone(),
-        topology.clone(),
-        waker.clone(),
-        shutdown.clone(),
-    ));
+    let relay = if spec.stream == Stream::WebhookDeliveries {
+        None
+    } else {
+        let relay_pool = paystream_shared::db::connect(config.database_url.expose(), 2).await?;
+        Some(tokio::spawn(relay::run(
+            relay_pool,
+            js.clone(),
+            topology.clone(),
+            waker.clone(),
+            shutdown.clone(),
+        )))
+    };
     let handler = Arc::new(WakingRelay {
         inner: handler,
         waker,
@@ -139,7 +144,9 @@ pub async fn run_consumer<H: Handler>(
     shutdown.cancel();
     let _ = watch.await;
     let _ = logger.await;
-    let _ = relay.await;
+    if let Some(relay) = relay {
+        let _ = relay.await;
+    }
     client.drain().await.ok();
     result.map_err(WorkerError::from)
 }

@@ -32,7 +32,7 @@ impl FanOut {
     }
 }
 
-/// PostgreSQL's foreign-key violation: the event names no row in `events` (or no merchant).
+/// PostgreSQL's foreign-key violation: the event names no row in `events`.
 fn is_missing_reference(e: &StoreError) -> bool {
     matches!(e, StoreError::Db(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23503"))
 }
