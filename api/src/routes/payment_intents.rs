@@ -546,13 +546,23 @@ impl PaymentIntentsApi {
         }
         let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
         let intent = lock(&mut tx, &auth, &id.0).await?;
-        let was_authorized = intent.status == PaymentIntentStatus::RequiresCapture;
-        let intent = store::transition(
+        // A charge at the acquirer (an authorization, or one still waiting for 3-D Secure)
+        // must be voided, or a late authentication could still take the money: the void is
+        // queued in the same statement as the transition, so only the cancel that wins sends it.
+        let void = intent
+            .acquirer_charge_id
+            .is_some()
+            .then(|| PaymentCommand::CancelV1 {
+                payment_intent_id: intent.id.clone(),
+                merchant_id: intent.merchant_id.clone(),
+            });
+        let intent = store::transition_queueing(
             &mut tx,
             &intent,
             PaymentIntentStatus::Canceled,
             &auth.actor(),
             Some("payment_intent.canceled"),
+            void.as_ref().map(|c| (c.subject(), c.to_json())),
             |pi| {
                 pi.canceled_at = Some(paystream_shared::domain::now());
                 pi.cancellation_reason =
@@ -563,15 +573,6 @@ impl PaymentIntentsApi {
         )
         .await
         .map_err(ApiError::from)?;
-        if was_authorized {
-            let command = PaymentCommand::CancelV1 {
-                payment_intent_id: intent.id.clone(),
-                merchant_id: intent.merchant_id.clone(),
-            };
-            outbox::enqueue(&mut tx, command.subject(), &command.to_json())
-                .await
-                .map_err(ApiError::from)?;
-        }
         finish(req, tx, StatusCode::OK, &intent).await
     }
 }

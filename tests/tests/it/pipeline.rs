@@ -97,6 +97,44 @@ async fn three_d_secure_and_manual_capture() {
 }
 
 #[tokio::test]
+async fn canceling_an_intent_waiting_for_3ds_voids_its_charge_once() {
+    let app = spawn_app().await;
+    let _worker = app.start_confirm_worker();
+    let id = app.create_and_confirm("pm_card_threeDSecureRequired").await;
+    app.wait_for_status(&id, &["requires_action"], WAIT).await;
+    let cancel = |key: &'static str| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            app.post_idem(&format!("/api/payment-intents/{id}/cancel"), key, json!({}))
+                .await
+        }
+    };
+    let (a, b) = tokio::join!(cancel("c-1"), cancel("c-2"));
+    // One cancel wins; the other finds it canceled already (409), never a second void.
+    let mut statuses = [a.status.as_u16(), b.status.as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "{} / {}", a.text, b.text);
+    let pi = app.wait_for_status(&id, &["canceled"], WAIT).await;
+    assert!(pi["nextAction"].is_null());
+    // A late 3-D Secure answer can no longer take the money: the charge is voided.
+    paystream_tests::eventually(WAIT, "the charge to be voided", || async {
+        let charges = app.sim_charges(&id).await;
+        assert_eq!(charges.len(), 1, "{charges:?}");
+        (charges[0]["status"] == "voided").then_some(())
+    })
+    .await;
+    let voids: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE subject = 'cmd.payment.cancel' AND payload->>'paymentIntentId' = $1",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(voids, 1);
+}
+
+#[tokio::test]
 async fn concurrent_confirms_give_one_charge() {
     let app = spawn_app().await;
     let _worker = app.start_confirm_worker();
