@@ -24,6 +24,20 @@ pub struct UpArgs {
 }
 
 /// The processes `up` runs, in start order. Names are binary names next to `paystream`.
+/// The processes without an HTTP API of their own: `up` hands each a health port.
+const WORKERS: &[&str] = &[
+    "confirm-worker",
+    "refund-worker",
+    "webhook-worker",
+    "scheduler",
+];
+
+/// A port nothing listens on now; the child binds it a moment later.
+fn free_local_addr() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?)
+}
+
 const SERVICES: &[&str] = &[
     "acquirer-sim",
     "paystream-api",
@@ -389,12 +403,20 @@ async fn start(config: &Config, args: &UpArgs, sup: &mut Supervisor) -> anyhow::
     let dir = binary_dir()?;
     build_missing_binaries(&dir).await?;
     let mut started = Vec::new();
+    // Workers serve no API; each gets a health endpoint on a free port for the READY check.
+    let mut worker_health = Vec::new();
     for name in SERVICES {
         let path = dir.join(name);
         if !path.is_file() {
             continue;
         }
-        let child = Command::new(&path)
+        let mut command = Command::new(&path);
+        if WORKERS.contains(name) {
+            let addr = free_local_addr()?;
+            command.env("PAYSTREAM_HEALTH_ADDR", addr.to_string());
+            worker_health.push((*name, http_url(addr)));
+        }
+        let child = command
             .env("DATABASE_URL", &db_url)
             .env("NATS_URL", &config.nats_url)
             .env("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE", "true")
@@ -426,6 +448,14 @@ async fn start(config: &Config, args: &UpArgs, sup: &mut Supervisor) -> anyhow::
     if started.contains(&"vault") {
         checks.push(("vault", vault.clone()));
     }
+    if !worker_health.is_empty() {
+        let list: Vec<String> = worker_health
+            .iter()
+            .map(|(name, url)| format!("{name}={url}"))
+            .collect();
+        println!("worker health and metrics: {}", list.join(" "));
+    }
+    checks.extend(worker_health);
     for (name, url) in checks {
         wait_until(Duration::from_secs(args.ready_timeout_secs), name, || {
             healthy(&http, &url)

@@ -52,6 +52,10 @@ pub struct Config {
     /// Requests per second each API key may make to one API process (a token bucket holding
     /// one second's worth); 0 turns the limit off. Per process: N replicas allow N times this.
     pub rate_limit_per_sec: u32,
+    /// Where a worker process serves `/healthz` and `/metrics` (`PAYSTREAM_HEALTH_ADDR`);
+    /// unset, it serves nothing and only logs its counters. `paystream up` gives each worker
+    /// one and waits on it before printing READY.
+    pub health_addr: Option<SocketAddr>,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/paystream";
@@ -82,6 +86,11 @@ impl Config {
                 value: value.clone(),
                 reason: format!("not a socket address ({e})"),
             })
+        };
+
+        let health_addr = match lookup("PAYSTREAM_HEALTH_ADDR").filter(|v| !v.is_empty()) {
+            None => None,
+            Some(_) => Some(addr("PAYSTREAM_HEALTH_ADDR", "")?),
         };
 
         let database_url = get("DATABASE_URL", DEFAULT_DATABASE_URL);
@@ -224,6 +233,7 @@ impl Config {
             abandon_after,
             db_pool_size,
             rate_limit_per_sec,
+            health_addr,
         })
     }
 }
@@ -295,6 +305,15 @@ mod tests {
         );
         assert!(cfg(&[("PAYSTREAM_RATE_LIMIT_PER_SEC", "-1")]).is_err());
         assert!(cfg(&[("PAYSTREAM_RATE_LIMIT_PER_SEC", "fast")]).is_err());
+        assert_eq!(c.health_addr, None);
+        assert_eq!(
+            cfg(&[("PAYSTREAM_HEALTH_ADDR", "127.0.0.1:9101")])
+                .unwrap()
+                .health_addr
+                .map(|a| a.port()),
+            Some(9101)
+        );
+        assert!(cfg(&[("PAYSTREAM_HEALTH_ADDR", "nowhere")]).is_err());
     }
 
     #[test]

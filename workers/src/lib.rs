@@ -3,6 +3,7 @@
 pub mod acquirer;
 pub mod confirm;
 pub mod deadlines;
+pub mod health;
 pub mod provider_events;
 pub mod reconcile;
 pub mod refund;

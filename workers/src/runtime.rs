@@ -16,6 +16,7 @@ use paystream_shared::retry::{RetrySchedule, MAX_ATTEMPTS};
 
 use crate::acquirer::HttpAcquirer;
 use crate::confirm::{ConfirmWorker, WORKER as CONFIRM_WORKER};
+use crate::health;
 use crate::provider_events::{ProviderEventProcessor, WORKER as PROVIDER_EVENTS_WORKER};
 use crate::refund::{RefundWorker, WORKER as REFUND_WORKER};
 
@@ -27,6 +28,8 @@ pub enum WorkerError {
     Nats(#[from] paystream_nats::topology::NatsError),
     #[error("acquirer client: {0}")]
     Acquirer(String),
+    #[error(transparent)]
+    Health(#[from] crate::health::HealthError),
 }
 
 /// How often a worker logs its counters (processed, retried, dead-lettered, latency).
@@ -160,6 +163,15 @@ pub async fn run_confirm_worker(
         paystream_shared::db::connect(config.database_url.expose(), config.db_pool_size).await?;
     let acquirer = HttpAcquirer::new(&config.acquirer_url, config.acquirer_timeout)
         .map_err(|e| WorkerError::Acquirer(e.to_string()))?;
+    let metrics = Arc::new(WorkerMetrics::new());
+    let _health = health::start(
+        &config,
+        pool.clone(),
+        true,
+        vec![(CONFIRM_WORKER, metrics.clone())],
+        &shutdown,
+    )
+    .await?;
     let worker = ConfirmWorker::new(
         pool,
         Arc::new(acquirer),
@@ -169,7 +181,7 @@ pub async fn run_confirm_worker(
         &config,
         confirm_spec(&config),
         Arc::new(worker),
-        Arc::new(WorkerMetrics::new()),
+        metrics,
         shutdown,
     )
     .await
@@ -211,6 +223,21 @@ pub async fn run_refund_worker(
     let acquirer = HttpAcquirer::new(&config.acquirer_url, config.acquirer_timeout)
         .map_err(|e| WorkerError::Acquirer(e.to_string()))?;
     let schedule = RetrySchedule::new(config.retry_base, MAX_ATTEMPTS);
+    let (refund_metrics, event_metrics) = (
+        Arc::new(WorkerMetrics::new()),
+        Arc::new(WorkerMetrics::new()),
+    );
+    let _health = health::start(
+        &config,
+        pool.clone(),
+        true,
+        vec![
+            (REFUND_WORKER, refund_metrics.clone()),
+            (PROVIDER_EVENTS_WORKER, event_metrics.clone()),
+        ],
+        &shutdown,
+    )
+    .await?;
     let worker = RefundWorker::new(pool.clone(), Arc::new(acquirer), schedule);
     let notifications = ProviderEventProcessor::new(pool, schedule);
     let (refunds, events) = tokio::join!(
@@ -218,14 +245,14 @@ pub async fn run_refund_worker(
             &config,
             refund_spec(&config),
             Arc::new(worker),
-            Arc::new(WorkerMetrics::new()),
+            refund_metrics,
             shutdown.clone(),
         ),
         run_consumer(
             &config,
             provider_events_spec(),
             Arc::new(notifications),
-            Arc::new(WorkerMetrics::new()),
+            event_metrics,
             shutdown,
         ),
     );

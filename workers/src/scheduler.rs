@@ -169,6 +169,9 @@ pub async fn tick(pool: &PgPool, acquirer: &Arc<dyn Acquirer>, thresholds: &Thre
 /// The `scheduler` process, minus reading its configuration.
 pub async fn run_scheduler(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let pool = paystream_shared::db::connect(config.database_url.expose(), 4).await?;
+    // Healthy means PostgreSQL answers: the scheduler works through the database (its
+    // commands go out through the outbox), leader or standby alike.
+    let _health = crate::health::start(&config, pool.clone(), false, Vec::new(), &shutdown).await?;
     let acquirer: Arc<dyn Acquirer> = Arc::new(
         HttpAcquirer::new(&config.acquirer_url, config.acquirer_timeout)
             .map_err(|e| WorkerError::Acquirer(e.to_string()))?,

@@ -114,20 +114,35 @@ pub async fn run_webhook_worker(
         schedule,
         delivery_options(&config),
     )?;
+    let (fan_metrics, deliver_metrics) = (
+        Arc::new(WorkerMetrics::new()),
+        Arc::new(WorkerMetrics::new()),
+    );
+    let _health = crate::health::start(
+        &config,
+        pool.clone(),
+        true,
+        vec![
+            (FANOUT_DURABLE, fan_metrics.clone()),
+            (DELIVERY_DURABLE, deliver_metrics.clone()),
+        ],
+        &shutdown,
+    )
+    .await?;
     let fanout = FanOut::new(pool, schedule);
     let stop = shutdown.child_token();
     let fan = run_consumer(
         &config,
         fanout_spec(),
         Arc::new(fanout),
-        Arc::new(WorkerMetrics::new()),
+        fan_metrics,
         stop.clone(),
     );
     let deliver = run_consumer(
         &config,
         delivery_spec(&config),
         Arc::new(deliverer),
-        Arc::new(WorkerMetrics::new()),
+        deliver_metrics,
         stop.clone(),
     );
     let stop_on_error = |r: Result<(), WorkerError>| {
