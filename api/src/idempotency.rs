@@ -94,7 +94,8 @@ async fn store(
     body: &[u8],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE idempotency_keys SET response_status = $3, response_body = $4, locked_until = NULL
+        "UPDATE idempotency_keys SET response_status = $3, response_body = $4, locked_until = NULL,
+                response_sealed = NULL
          WHERE merchant_id = $1 AND key = $2",
     )
     .bind(merchant_id)
@@ -167,7 +168,8 @@ async fn begin(
              ON CONFLICT (merchant_id, key) DO UPDATE SET
                 request_method = EXCLUDED.request_method, request_path = EXCLUDED.request_path,
                 fingerprint = EXCLUDED.fingerprint, locked_until = EXCLUDED.locked_until,
-                response_status = NULL, response_body = NULL, created_at = now()
+                response_status = NULL, response_body = NULL, response_sealed = NULL,
+                created_at = now()
              WHERE idempotency_keys.created_at < now() - make_interval(hours => $7)
              RETURNING 1",
         )

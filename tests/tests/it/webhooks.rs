@@ -758,6 +758,22 @@ async fn subscription_api_validates_and_never_lists_secrets() {
         .await;
     assert_eq!(replay.body["id"], moved.body["id"]);
     assert!(!replay.text.contains("whsec_"), "{}", replay.text);
+    // A key reused after its 24 h is a new key: the old sealed answer goes with the old one.
+    sqlx::query(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'sub-1'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let body = json!({"amount": 500, "currency": "usd", "customerId": "cus_reuse"});
+    let fresh = app
+        .post_idem("/api/payment-intents", "sub-1", body.clone())
+        .await;
+    assert_eq!(fresh.status, 201, "{}", fresh.text);
+    let again = app.post_idem("/api/payment-intents", "sub-1", body).await;
+    assert_eq!(again.headers["Idempotent-Replayed"], "true");
+    assert_eq!(again.body, fresh.body);
+    assert!(!again.text.contains("whsec_"), "{}", again.text);
 
     // Delete: gone from the list, 404 afterwards; the audit log records it without a secret.
     let id = a["id"].as_str().unwrap();
