@@ -95,6 +95,20 @@ impl ConfirmWorker {
             // in `processing` and in the dead letters. An outage or a timeout is different: we
             // do not know the outcome, so those still go to the dead letters.
             Err(e) if delivery.last && e.is_processing_error() => {
+                // Only if the acquirer holds no charge for it: an earlier delivery that overran
+                // its ack wait may still have charged, and then reconciliation settles it.
+                match self.acquirer.charges_for_reference(&intent.id).await {
+                    Ok(charges) if charges.is_empty() => {}
+                    Ok(_) => {
+                        return self.retry_after(
+                            format!(
+                                "{e}; the acquirer holds a charge for {id}, so it is not failed"
+                            ),
+                            delivery,
+                        )
+                    }
+                    Err(lookup) => return self.retry_after(lookup.to_string(), delivery),
+                }
                 self.record_authorization(
                     &intent,
                     PaymentOutcome::Declined {
@@ -316,6 +330,16 @@ impl ConfirmWorker {
         match with_retries(&self.schedule, || acquirer.void(&request)).await {
             Ok(_) => Outcome::Ack,
             Err(e) if e.is_transient() => self.retry_after(e.to_string(), delivery),
+            // The acquirer captured before our cancel reached it (a 3-D Secure authentication
+            // that completed at the last moment): the customer paid for a canceled intent.
+            // That must reach an operator, so it is filed where operators look, with what to do.
+            Err(AcquirerError::Rejected { code, .. }) if code == "charge_already_captured" => {
+                tracing::error!(payment_intent = id, charge = %request.charge_id, "canceled intent's charge was captured at the acquirer");
+                Outcome::DeadLetter(format!(
+                    "charge {} of payment intent {id} was captured at the acquirer although the intent is {}: refund it at the acquirer",
+                    request.charge_id, intent.status
+                ))
+            }
             // Already voided or captured at the acquirer: nothing left to release.
             Err(e) => {
                 tracing::warn!(payment_intent = id, error = %e, "void refused by the acquirer; nothing to release");

@@ -135,6 +135,50 @@ async fn canceling_an_intent_waiting_for_3ds_voids_its_charge_once() {
 }
 
 #[tokio::test]
+async fn a_charge_captured_behind_a_cancel_reaches_the_operator() {
+    let app = spawn_app().await;
+    let _worker = app.start_confirm_worker();
+    let created = app
+        .create_intent(
+            json!({"paymentMethodId": "pm_card_visa", "captureMethod": "manual", "confirm": true}),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    app.wait_for_status(&id, &["requires_capture"], WAIT).await;
+    // The acquirer captures on its own just before our cancel reaches it.
+    let charge = app.sim_charges(&id).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let captured = app
+        .http
+        .post(format!("{}/v1/payments/{charge}/capture", app.sim_url))
+        .header("Idempotency-Key", format!("{charge}:behind-our-back"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(captured.status(), 200, "{}", captured.text().await.unwrap());
+    let r = app
+        .post(&format!("/api/payment-intents/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // The refused void is not swallowed: it waits in the dead letters, saying what to do.
+    let letter =
+        paystream_tests::eventually(WAIT, "the refused void in the dead letters", || async {
+            paystream_nats::dlq::list(&app.js, &app.topology)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|d| d.object_id.as_deref() == Some(id.as_str()))
+        })
+        .await;
+    let shown = format!("{letter:?}");
+    assert!(shown.contains("captured at the acquirer"), "{shown}");
+    assert!(shown.contains(&charge), "{shown}");
+}
+
+#[tokio::test]
 async fn concurrent_confirms_give_one_charge() {
     let app = spawn_app().await;
     let _worker = app.start_confirm_worker();
