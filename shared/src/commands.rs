@@ -33,6 +33,24 @@ pub enum PaymentCommand {
 }
 
 impl PaymentCommand {
+    /// The void a cancel of `intent` must queue: only when the acquirer holds a charge for it
+    /// (an authorization, or one waiting for 3-D Secure), or a late capture or authentication
+    /// could still take the money.
+    pub fn void_for(intent: &crate::domain::payment_intent::PaymentIntent) -> Option<Self> {
+        intent
+            .acquirer_charge_id
+            .is_some()
+            .then(|| PaymentCommand::CancelV1 {
+                payment_intent_id: intent.id.clone(),
+                merchant_id: intent.merchant_id.clone(),
+            })
+    }
+
+    /// `(subject, payload)`, as a transition queues it.
+    pub fn message(&self) -> (&'static str, serde_json::Value) {
+        (self.subject(), self.to_json())
+    }
+
     pub fn subject(&self) -> &'static str {
         match self {
             PaymentCommand::ConfirmV1 { .. } => SUBJECT_PAYMENT_CONFIRM,

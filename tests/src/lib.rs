@@ -379,6 +379,21 @@ impl TestApp {
     }
 
     /// The charges the simulator holds for one payment intent.
+    /// Every `/v1` call the simulator has answered (its `acquirer_sim_requests_total`).
+    pub async fn sim_requests(&self) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.sim_url))
+            .send()
+            .await
+            .expect("sim metrics")
+            .text()
+            .await
+            .expect("sim metrics text");
+        metric(&text, "acquirer_sim_requests_total")
+            .unwrap_or_else(|| panic!("no acquirer_sim_requests_total in {text}"))
+    }
+
     pub async fn sim_charges(&self, reference: &str) -> Vec<Value> {
         let r = self
             .http
@@ -463,6 +478,13 @@ async fn read(resp: reqwest::Response) -> Reply {
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+/// The value of one series (`name` or `name{labels}`) in a Prometheus text document.
+pub fn metric(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,

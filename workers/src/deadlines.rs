@@ -189,14 +189,8 @@ async fn cancel(
     // the API's cancel voids one: a `cmd.payment.cancel` queued in the same statement as the
     // transition, which the confirm worker carries out with an idempotency key derived from
     // the charge. Only the one transition that wins queues it, so the acquirer sees one void.
-    let void = intent
-        .acquirer_charge_id
-        .is_some()
-        .then(|| PaymentCommand::CancelV1 {
-            payment_intent_id: intent.id.clone(),
-            merchant_id: intent.merchant_id.clone(),
-        });
-    let message = void.as_ref().map(|c| (c.subject(), c.to_json()));
+    let void = PaymentCommand::void_for(&intent);
+    let message = void.as_ref().map(PaymentCommand::message);
     intents::transition_queueing(
         &mut tx,
         &intent,

@@ -546,23 +546,16 @@ impl PaymentIntentsApi {
         }
         let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
         let intent = lock(&mut tx, &auth, &id.0).await?;
-        // A charge at the acquirer (an authorization, or one still waiting for 3-D Secure)
-        // must be voided, or a late authentication could still take the money: the void is
-        // queued in the same statement as the transition, so only the cancel that wins sends it.
-        let void = intent
-            .acquirer_charge_id
-            .is_some()
-            .then(|| PaymentCommand::CancelV1 {
-                payment_intent_id: intent.id.clone(),
-                merchant_id: intent.merchant_id.clone(),
-            });
+        // The void is queued in the same statement as the transition, so only the cancel
+        // that wins sends it.
+        let void = PaymentCommand::void_for(&intent);
         let intent = store::transition_queueing(
             &mut tx,
             &intent,
             PaymentIntentStatus::Canceled,
             &auth.actor(),
             Some("payment_intent.canceled"),
-            void.as_ref().map(|c| (c.subject(), c.to_json())),
+            void.as_ref().map(PaymentCommand::message),
             |pi| {
                 pi.canceled_at = Some(paystream_shared::domain::now());
                 pi.cancellation_reason =

@@ -126,23 +126,6 @@ async fn sim_charge_reaches(app: &TestApp, id: &str, status: &str) -> Value {
     .await
 }
 
-/// Every `/v1` call the simulator has answered (its `acquirer_sim_requests_total`).
-async fn sim_requests(app: &TestApp) -> u64 {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.sim_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("acquirer_sim_requests_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("acquirer_sim_requests_total")
-}
-
 #[tokio::test]
 async fn an_expired_authorization_is_voided_once_however_often_the_step_runs() {
     let app = spawn_app().await;
@@ -169,7 +152,7 @@ async fn an_expired_authorization_is_voided_once_however_often_the_step_runs() {
     // Give a second void, if one had been queued, time to arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        sim_requests(&app).await,
+        app.sim_requests().await,
         2,
         "the acquirer saw the authorization and one void"
     );

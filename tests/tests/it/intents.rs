@@ -412,7 +412,7 @@ async fn capture_only_applies_to_authorized_intents() {
         .create_intent(json!({"paymentMethodId": "pm_card_visa", "captureMethod": "manual"}))
         .await;
     let id2 = pi2["id"].as_str().unwrap();
-    sqlx::query("UPDATE payment_intents SET status = 'requires_capture', amount_capturable = amount WHERE id = $1")
+    sqlx::query("UPDATE payment_intents SET status = 'requires_capture', amount_capturable = amount, acquirer_charge_id = 'ch_authorized' WHERE id = $1")
         .bind(id2)
         .execute(&app.pool)
         .await

@@ -104,11 +104,11 @@ async fn a_worker_serves_health_and_its_counters() {
         .text()
         .await
         .unwrap();
-    let acked: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("paystream_worker_acked_total{worker=\"confirm-worker\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no acked count in {text}"));
+    let acked = paystream_tests::metric(
+        &text,
+        "paystream_worker_acked_total{worker=\"confirm-worker\"}",
+    )
+    .unwrap_or_else(|| panic!("no acked count in {text}"));
     assert!(acked >= 1, "{text}");
     // Each family once, as Prometheus text requires.
     assert_eq!(

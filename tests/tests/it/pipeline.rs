@@ -269,17 +269,7 @@ async fn a_card_the_acquirer_cannot_process_fails_once_every_delivery_is_spent()
         .collect();
     assert!(parked.is_empty(), "{parked:?}");
     // Not given up early: each of the 5 deliveries spent its 5 in-process attempts first.
-    let metrics = reqwest::get(format!("{}/metrics", app.sim_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let requests: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("acquirer_sim_requests_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no request count in {metrics}"));
+    let requests = app.sim_requests().await;
     assert!(requests >= 25, "{requests}");
     let failures: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM audit_log WHERE object_id = $1 AND action = 'payment_intent.payment_failed'",
