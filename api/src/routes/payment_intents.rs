@@ -482,6 +482,20 @@ impl PaymentIntentsApi {
                 ),
             ));
         }
+        // The authorization is held until it expires, not until the scheduler's next round
+        // cancels it: past the deadline it is refused here, and the scheduler voids it.
+        if let Some(expired_at) = intent
+            .authorization_expires_at
+            .filter(|at| *at <= paystream_shared::domain::now())
+        {
+            return Err(ApiError::conflict(
+                "charge_expired_for_capture",
+                format!(
+                    "The authorization expired at {}; it can no longer be captured",
+                    expired_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            ));
+        }
         let amount = match body.0.amount_to_capture {
             None => intent.amount_capturable,
             Some(raw) => {
