@@ -8,8 +8,9 @@
 //! Every process that writes outbox rows runs a relay and wakes it through a [`Waker`] after
 //! its own commits, so a row goes out without polling delay. The outbox used to wake relays
 //! with a NOTIFY trigger instead; PostgreSQL serializes every committing transaction that has
-//! notified on one database-wide lock held through its WAL flush, which capped the whole
-//! system at about one payment per three fsyncs. A slow poll stays as the safety net for rows
+//! notified on one database-wide lock held through its WAL flush, so with three such commits
+//! per payment the disk's fsync rate would cap throughput once CPU no longer does. A slow poll
+//! stays as the safety net for rows
 //! whose writer runs no relay (the scheduler, the CLI) or died before waking it.
 
 use std::sync::Arc;
