@@ -23,11 +23,7 @@ async fn an_acked_command_is_handled_once_and_leaves_the_queue() {
     );
     nats.publish_cmd(CONFIRM, &TestCommand::new("pi_1", Action::Ack))
         .await;
-    eventually(Duration::from_secs(5), "acked", || {
-        let m = running.metrics.clone();
-        async move { m.snapshot().acked == 1 }
-    })
-    .await;
+    running.wait_until("acked", |s| s.acked == 1).await;
     assert_eq!(nats.count(Stream::PaymentCommands).await, 0);
     let seen = handler.recorder.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
@@ -72,11 +68,9 @@ async fn a_retry_is_redelivered_and_then_succeeds() {
         .unwrap()
         .await
         .unwrap();
-    eventually(Duration::from_secs(5), "acked after one retry", || {
-        let m = running.metrics.clone();
-        async move { m.snapshot().acked == 1 }
-    })
-    .await;
+    running
+        .wait_until("acked after one retry", |s| s.acked == 1)
+        .await;
     assert_eq!(handler.recorder.deliveries_of("pi_2"), vec![1, 2]);
     let seen = handler.recorder.seen.lock().unwrap().clone();
     assert_eq!(seen[1].1.message_id.as_deref(), Some("outbox-row-1"));
@@ -150,11 +144,9 @@ async fn retries_at_max_deliver_go_to_the_dead_letters() {
     let running = start(&nats, spec, handler.clone());
     nats.publish_cmd(CONFIRM, &TestCommand::new("pi_3", Action::RetryAlways))
         .await;
-    eventually(Duration::from_secs(5), "dead-lettered", || {
-        let m = running.metrics.clone();
-        async move { m.snapshot().dead_lettered == 1 }
-    })
-    .await;
+    running
+        .wait_until("dead-lettered", |s| s.dead_lettered == 1)
+        .await;
     assert_eq!(handler.recorder.deliveries_of("pi_3"), vec![1, 2]);
     let letters = dlq::list(&nats.js, &nats.topology).await.unwrap();
     assert_eq!(letters.len(), 1);
@@ -183,11 +175,9 @@ async fn an_undecodable_payload_is_dead_lettered_without_calling_the_handler() {
     nats.publish(CONFIRM, "not json at all").await;
     nats.publish(CONFIRM, r#"{"type":"test.v9","id":"pi_x"}"#)
         .await;
-    eventually(Duration::from_secs(5), "both dead-lettered", || {
-        let m = running.metrics.clone();
-        async move { m.snapshot().dead_lettered == 2 }
-    })
-    .await;
+    running
+        .wait_until("both dead-lettered", |s| s.dead_lettered == 2)
+        .await;
     assert_eq!(handler.recorder.seen_count(), 0);
     let snap = running.metrics.snapshot();
     assert_eq!(snap.decode_failures, 2);
@@ -213,11 +203,9 @@ async fn a_panicking_handler_is_retried_then_dead_lettered() {
     let running = start(&nats, spec, handler.clone());
     nats.publish_cmd(CONFIRM, &TestCommand::new("pi_p", Action::Panic))
         .await;
-    eventually(Duration::from_secs(5), "dead-lettered", || {
-        let m = running.metrics.clone();
-        async move { m.snapshot().dead_lettered == 1 }
-    })
-    .await;
+    running
+        .wait_until("dead-lettered", |s| s.dead_lettered == 1)
+        .await;
     running.stop().await.unwrap();
 }
 

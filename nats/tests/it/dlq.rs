@@ -1,5 +1,4 @@
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
 use paystream_nats::dlq::{self, DlqError, HEADER_ORIGIN_SUBJECT, HEADER_REPLAYED_FROM};
@@ -24,11 +23,9 @@ async fn dead_letters(nats: &TestNats, n: usize) {
         )
         .await;
     }
-    eventually(Duration::from_secs(5), "dead-lettered", || {
-        let m = running.metrics.clone();
-        async move { m.snapshot().dead_lettered == n as u64 }
-    })
-    .await;
+    running
+        .wait_until("dead-lettered", |s| s.dead_lettered == n as u64)
+        .await;
     running.stop().await.unwrap();
 }
 
@@ -112,11 +109,9 @@ async fn list_get_replay_and_purge() {
         fast_spec(Stream::RefundCommands, "refund", REFUND),
         handler.clone(),
     );
-    eventually(Duration::from_secs(5), "replays consumed", || {
-        let m = running.metrics.clone();
-        async move { m.snapshot().dead_lettered == 3 }
-    })
-    .await;
+    running
+        .wait_until("replays consumed", |s| s.dead_lettered == 3)
+        .await;
     running.stop().await.unwrap();
 
     assert_eq!(dlq::purge(&nats.js, &nats.topology).await.unwrap(), 3);

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use paystream_nats::consumer::{self, ConsumerSpec, DeliveryInfo, Handler, Outcome};
+use paystream_nats::metrics::MetricsSnapshot;
 use paystream_nats::{Stream, Topology, WorkerMetrics};
 
 pub fn nats_url() -> String {
@@ -264,6 +265,15 @@ pub struct Running {
 }
 
 impl Running {
+    /// Waits (up to 5 s) until the loop's counters satisfy `done`.
+    pub async fn wait_until(&self, what: &str, done: impl Fn(&MetricsSnapshot) -> bool) {
+        eventually(Duration::from_secs(5), what, || {
+            let reached = done(&self.metrics.snapshot());
+            async move { reached }
+        })
+        .await;
+    }
+
     pub async fn stop(self) -> Result<(), paystream_nats::NatsError> {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), self.task)

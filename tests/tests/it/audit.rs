@@ -6,12 +6,7 @@ use serde_json::json;
 #[tokio::test]
 async fn every_transition_is_audited_with_actor_before_and_after() {
     let app = spawn_app().await;
-    let pi = app
-        .create_intent(json!({"paymentMethodId": "pm_card_visa"}))
-        .await;
-    let id = pi["id"].as_str().unwrap();
-    app.post(&format!("/api/payment-intents/{id}/confirm"), json!({}))
-        .await;
+    let id = &app.create_and_confirm("pm_card_visa").await;
 
     let log = app.get(&format!("/api/audit-log?objectId={id}")).await;
     assert_eq!(log.status, 200);
@@ -83,17 +78,7 @@ async fn the_database_refuses_update_delete_and_truncate() {
 async fn verify_detects_an_entry_edited_behind_the_triggers_back() {
     let app = spawn_app().await;
     for _ in 0..3 {
-        let pi = app
-            .create_intent(json!({"paymentMethodId": "pm_card_visa"}))
-            .await;
-        app.post(
-            &format!(
-                "/api/payment-intents/{}/confirm",
-                pi["id"].as_str().unwrap()
-            ),
-            json!({}),
-        )
-        .await;
+        app.create_and_confirm("pm_card_visa").await;
     }
     let report = audit::verify(&app.pool).await.unwrap();
     assert_eq!(report.entries, 6);
@@ -130,12 +115,7 @@ async fn verify_detects_an_entry_edited_behind_the_triggers_back() {
 #[tokio::test]
 async fn verify_detects_a_deleted_link() {
     let app = spawn_app().await;
-    let pi = app
-        .create_intent(json!({"paymentMethodId": "pm_card_visa"}))
-        .await;
-    let id = pi["id"].as_str().unwrap();
-    app.post(&format!("/api/payment-intents/{id}/confirm"), json!({}))
-        .await;
+    let id = &app.create_and_confirm("pm_card_visa").await;
     let mut conn = app.pool.acquire().await.unwrap();
     sqlx::query("SET session_replication_role = replica")
         .execute(&mut *conn)
