@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{Datelike, Utc};
-use paystream_shared::domain::money::{Amount, Currency};
-use paystream_shared::domain::DomainError;
+use paystream_domain::money::{Amount, Currency};
+use paystream_domain::DomainError;
 use poem::error::ReadBodyError;
 use poem::http::{HeaderMap, StatusCode};
 use poem::web::{Data, Path, Query};

@@ -1,7 +1,7 @@
 //! What the issuer answers for each test card. The numbers are the ones Stripe documents for
 //! its test mode (CONTRACT.md lists them), so the same scenarios work against either.
 
-use paystream_shared::domain::payment_intent::TEST_PAYMENT_METHODS;
+use paystream_domain::payment_intent::TEST_PAYMENT_METHODS;
 
 /// A refusal by the issuer: final, and answered with HTTP 402.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,7 @@
 //! `captured`, `voided`, `refunded` (captured and refunded in full) or `declined`.
 //!
 //! Exactly one of `paymentMethod` (a `pm_card_*` / `pm_bank_account` test id, mapped through
-//! [`paystream_shared::domain::payment_intent::TEST_PAYMENT_METHODS`]; an unknown id is a 400)
+//! [`paystream_domain::payment_intent::TEST_PAYMENT_METHODS`]; an unknown id is a 400)
 //! and `card` is sent. The verdict, by number:
 //! - 4242424242424242, 5555555555554444, 000123456789 (bank account): approved,
 //!   `captured` when `capture` is true, else `authorized`.
@@ -115,7 +115,7 @@ use tokio_util::sync::CancellationToken;
 pub use api::app;
 pub use faults::{Faults, NotificationFaults};
 pub use notify::{signature_header, SIGNATURE_HEADER};
-use paystream_shared::secret::Secret;
+use paystream_domain::secret::Secret;
 
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;

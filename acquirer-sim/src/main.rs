@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    paystream_shared::telemetry::init("acquirer-sim");
+    paystream_telemetry::init("acquirer-sim");
     let env = |k: &str| std::env::var(k).ok();
     let addr = acquirer_sim::listen_addr(env)?;
     let config = acquirer_sim::SimConfig::from_lookup(env)?;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use acquirer_sim::{spawn, SimConfig, SpawnedSim, SIGNATURE_HEADER};
-use paystream_shared::domain::provider_event::{verify, Envelope};
+use paystream_domain::provider_event::{verify, Envelope};
 use poem::http::StatusCode;
 use poem::listener::TcpAcceptor;
 use poem::web::Data;
@@ -57,7 +57,7 @@ async fn rig() -> Rig {
     tokio::spawn(Server::new_with_acceptor(TcpAcceptor::from_std(listener).unwrap()).run(app));
     let sim = spawn(SimConfig {
         notify_url: Some(format!("http://{addr}/hook")),
-        notify_secret: paystream_shared::secret::Secret::new(SECRET.to_owned()),
+        notify_secret: paystream_domain::secret::Secret::new(SECRET.to_owned()),
         seed: Some(5),
         ..SimConfig::default()
     })

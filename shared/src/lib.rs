@@ -3,18 +3,23 @@
 //! rules (state + audit + outbox in one transaction) in one place.
 #![forbid(unsafe_code)]
 
+/// The domain lives in its own crate (`shared/domain`), which cannot depend on sqlx, poem or
+/// NATS; it is re-exported here so every process names it the same way.
+pub use paystream_domain as domain;
+pub use paystream_domain::secret;
+/// Logs through the scrubbing writer; its own crate so the simulator can log the same way without
+/// depending on the store.
+pub use paystream_telemetry as telemetry;
+
 pub mod audit;
 pub mod change;
 pub mod commands;
 pub mod config;
 pub mod db;
-pub mod domain;
 pub mod outbox;
 pub mod retry;
-pub mod secret;
 pub mod shutdown;
 pub mod store;
-pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod views;

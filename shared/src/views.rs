@@ -95,3 +95,51 @@ pub struct RefundView {
     pub created_at: DateTime<Utc>,
     pub processed_at: Option<DateTime<Utc>>,
 }
+
+/// What clients see of a payment intent. A trait rather than a method of the domain type: the
+/// views carry the API's schema derives, which the domain crate must not know about.
+pub trait IntentView {
+    fn view(&self) -> PaymentIntentView;
+    fn to_json(&self) -> serde_json::Value;
+}
+
+impl IntentView for crate::domain::payment_intent::PaymentIntent {
+    fn view(&self) -> PaymentIntentView {
+        PaymentIntentView {
+            id: self.id.clone(),
+            amount: self.amount.minor_units(),
+            amount_capturable: self.amount_capturable.minor_units(),
+            amount_received: self.amount_received.minor_units(),
+            amount_refunded: self.amount_refunded.minor_units(),
+            currency: self.currency.code().to_owned(),
+            status: self.status.as_str().to_owned(),
+            customer_id: self.customer_id.clone(),
+            payment_method_id: self.payment_method_id.clone(),
+            capture_method: self.capture_method.as_str().to_owned(),
+            description: self.description.clone(),
+            metadata: self.metadata.clone(),
+            last_payment_error: self.last_payment_error.as_ref().map(|e| PaymentErrorView {
+                code: e.code.clone(),
+                decline_code: e.decline_code.clone(),
+                message: e.message.clone(),
+            }),
+            next_action: self.next_action.as_ref().map(|a| NextActionView {
+                action_type: NextActionType::RedirectToUrl,
+                redirect_to_url: RedirectToUrlView {
+                    url: a.url.clone(),
+                    return_url: a.return_url.clone(),
+                },
+            }),
+            authorization_expires_at: self.authorization_expires_at,
+            canceled_at: self.canceled_at,
+            cancellation_reason: self.cancellation_reason.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+
+    /// The view as JSON, for audit entries and event data.
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.view()).unwrap_or_default()
+    }
+}

@@ -14,6 +14,7 @@
 //!
 //! It runs inside the `refund-worker` process (see `runtime::run_refund_worker`).
 
+use paystream_shared::views::IntentView;
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};

@@ -19,7 +19,7 @@ use paystream_shared::domain::payment_intent::{
 };
 use paystream_shared::outbox;
 use paystream_shared::store::payment_intents::{self as store, ListFilter};
-use paystream_shared::views::PaymentIntentView;
+use paystream_shared::views::{IntentView, PaymentIntentView};
 
 use crate::auth::{AuthContext, MerchantKey};
 use crate::error::ApiError;
@@ -398,7 +398,7 @@ impl PaymentIntentsApi {
         let has_more = rows.len() > wanted;
         rows.truncate(wanted);
         Ok(ListResponse::Ok(SerdeJson(PaymentIntentList {
-            data: rows.iter().map(PaymentIntent::view).collect(),
+            data: rows.iter().map(IntentView::view).collect(),
             has_more,
         })))
     }

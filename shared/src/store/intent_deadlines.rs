@@ -7,6 +7,7 @@
 //! goes through [`payment_intents::transition`](super::payment_intents::transition); the notice,
 //! which changes no status, is written here by a guarded update in one statement.
 
+use crate::views::IntentView;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 

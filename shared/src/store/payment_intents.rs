@@ -2,6 +2,7 @@
 //! status change is [`transition`], which consults the state machine and guards the UPDATE
 //! on the status it read, so two racing writers cannot both win.
 
+use crate::views::IntentView;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};

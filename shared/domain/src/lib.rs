@@ -1,11 +1,14 @@
 //! Domain values. Each is a parsed newtype: an invalid value cannot exist past the edge.
 //! Nothing in here knows about HTTP, NATS or SQL.
+#![forbid(unsafe_code)]
 
 pub mod ids;
 pub mod money;
 pub mod payment_intent;
 pub mod provider_event;
 pub mod refund;
+pub mod scrub;
+pub mod secret;
 pub mod webhook;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
@@ -20,7 +23,7 @@ pub fn now() -> DateTime<Utc> {
 /// At most `max` characters of what a caller sent, for an error message. Scrubbed before it is
 /// cut: a cut through a card number would leave a fragment too short for the scrubber to know.
 pub(crate) fn quote_input(raw: &str, max: usize) -> String {
-    crate::telemetry::scrub(raw).chars().take(max).collect()
+    scrub::scrub(raw).chars().take(max).collect()
 }
 
 /// A caller's mistake in a domain value, with the contract's error code and the offending field.
