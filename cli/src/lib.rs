@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_webhooks;
 pub mod dlq;
+pub mod listen;
 pub mod up;
 
 use std::process::ExitCode;
@@ -42,6 +43,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Measure webhook deliveries per second and event-to-receipt latency against a running stack.
     BenchWebhooks(bench_webhooks::BenchWebhooksArgs),
+    /// Receive this merchant's webhooks on this machine: subscribe a local endpoint, verify
+    /// and print every event, unsubscribe on Ctrl-C.
+    Listen(listen::ListenArgs),
     /// Check the audit log.
     Audit {
         #[command(subcommand)]
@@ -97,6 +101,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq { command } => dlq::run(&config, command).await,
         Command::Bench(args) => bench::run(&config, args).await,
         Command::BenchWebhooks(args) => bench_webhooks::run(&config, args).await,
+        Command::Listen(args) => listen::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Audit {
             command: AuditCommand::Verify { json },
         } => audit_verify(&config, json).await,
