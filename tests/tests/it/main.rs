@@ -12,5 +12,6 @@ mod pipeline;
 mod provider;
 mod reconcile;
 mod refunds;
+mod request_path;
 mod validation;
 mod webhooks;
