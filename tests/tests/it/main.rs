@@ -6,6 +6,7 @@ mod auth;
 mod chaos;
 mod deadlines;
 mod idempotency;
+mod idempotency_fencing;
 mod intents;
 mod ops;
 mod pipeline;
