@@ -250,10 +250,7 @@ impl poem::error::ResponseError for ApiError {
 impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         // State conflicts are 409s; everything else a caller can get wrong is a 400.
-        let err = if matches!(
-            e.code,
-            "invalid_state_transition" | "payment_intent_unexpected_state" | "charge_disputed"
-        ) {
+        let err = if matches!(e.code, "invalid_state_transition" | "charge_disputed") {
             ApiError::conflict(e.code, e.message)
         } else {
             ApiError::invalid(e.code, e.message)
