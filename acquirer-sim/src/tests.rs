@@ -849,7 +849,7 @@ fn notification_settings_come_from_the_environment() {
     let c = SimConfig::from_lookup(|_| None).unwrap();
     assert_eq!(c.notify_url, None);
     // The default secret is the one paystream's own configuration defaults to.
-    let ours = paystream_shared::config::Config::from_lookup(|_| None).unwrap();
+    let ours = paystream_shared::config::Config::development_defaults().unwrap();
     assert_eq!(
         c.notify_secret.expose(),
         ours.acquirer_webhook_secret.expose()

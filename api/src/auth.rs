@@ -39,13 +39,27 @@ async fn from_guard(req: &Request, _bearer: Bearer) -> Option<AuthContext> {
     req.extensions().get::<AuthContext>().cloned()
 }
 
-fn bearer(req: &Request) -> Option<&str> {
+/// The secret key a request presents: `Authorization: Bearer <key>`, or HTTP Basic with the
+/// key as the user name and no password (`curl -u sk_...:`), as Stripe's clients send it.
+/// `None` when there is no usable key; a malformed header is no key at all (401).
+fn presented_key(req: &Request) -> Option<String> {
     let value = req.headers().get("Authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|t| !t.is_empty())
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(credentials.to_owned()).filter(|k| !k.is_empty());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(credentials)
+            .ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        // The key is the user name; Stripe ignores the password, and so do we.
+        let (user, _password) = decoded.split_once(':').unwrap_or((&decoded, ""));
+        return Some(user.to_owned()).filter(|k| !k.is_empty());
+    }
+    None
 }
 
 /// Authenticates, applies the key's rate limit, enforces the role, then runs POSTs under their
@@ -59,13 +73,13 @@ pub async fn guard<E: Endpoint>(
         .data::<AppState>()
         .cloned()
         .ok_or_else(|| ApiError::unavailable("not configured"))?;
-    let Some(secret) = bearer(&req) else {
+    let Some(secret) = presented_key(&req) else {
         return Err(ApiError::unauthorized(
-            "No API key provided. Send Authorization: Bearer <secret key>.",
+            "No API key provided. Send Authorization: Bearer <secret key>, or HTTP Basic with the key as the user name.",
         )
         .into());
     };
-    let owner = merchants::authenticate(&state.pool, secret)
+    let owner = merchants::authenticate(&state.pool, &secret)
         .await
         .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::unauthorized("Invalid API key provided."))?;
@@ -86,6 +100,12 @@ pub async fn guard<E: Endpoint>(
     };
     let merchant_id = ctx.merchant_id.clone();
     req.extensions_mut().insert(ctx);
+    // The routes' security scheme reads a bearer token; a key that came as HTTP Basic is
+    // handed on in that form, so both reach the same handler.
+    if let Ok(value) = poem::http::HeaderValue::from_str(&format!("Bearer {secret}")) {
+        req.headers_mut()
+            .insert(poem::http::header::AUTHORIZATION, value);
+    }
     if req.method() == Method::POST {
         idempotency::around(&ep, req, &state, &merchant_id).await
     } else {
@@ -97,24 +117,24 @@ pub async fn guard<E: Endpoint>(
 mod tests {
     use super::*;
 
+    fn key(header: &str) -> Option<String> {
+        presented_key(&Request::builder().header("Authorization", header).finish())
+    }
+
     #[test]
-    fn bearer_parsing() {
-        let req = Request::builder()
-            .header("Authorization", "Bearer sk_abc")
-            .finish();
-        assert_eq!(bearer(&req), Some("sk_abc"));
-        let req = Request::builder()
-            .header("Authorization", "bearer  sk_abc ")
-            .finish();
-        assert_eq!(bearer(&req), Some("sk_abc"));
-        let req = Request::builder()
-            .header("Authorization", "Basic xyz")
-            .finish();
-        assert_eq!(bearer(&req), None);
-        let req = Request::builder()
-            .header("Authorization", "Bearer ")
-            .finish();
-        assert_eq!(bearer(&req), None);
-        assert_eq!(bearer(&Request::builder().finish()), None);
+    fn bearer_and_basic_parsing() {
+        assert_eq!(key("Bearer sk_abc").as_deref(), Some("sk_abc"));
+        assert_eq!(key("bearer  sk_abc ").as_deref(), Some("sk_abc"));
+        assert_eq!(key("Bearer "), None);
+        assert_eq!(presented_key(&Request::builder().finish()), None);
+        // base64("sk_abc:"), as `curl -u sk_abc:` sends it; a password is ignored.
+        assert_eq!(key("Basic c2tfYWJjOg==").as_deref(), Some("sk_abc"));
+        assert_eq!(key("basic c2tfYWJj").as_deref(), Some("sk_abc"));
+        assert_eq!(key("Basic c2tfYWJjOnB3").as_deref(), Some("sk_abc"));
+        // Not base64, no user name, not UTF-8, another scheme: no key.
+        assert_eq!(key("Basic xyz!"), None);
+        assert_eq!(key("Basic OnB3"), None);
+        assert_eq!(key("Basic /w=="), None);
+        assert_eq!(key("Digest c2tfYWJjOg=="), None);
     }
 }

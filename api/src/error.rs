@@ -31,6 +31,10 @@ pub struct ApiError {
     pub retry_after_secs: Option<u64>,
 }
 
+/// The contract code of an error response, carried in the response's extensions.
+#[derive(Debug, Clone)]
+pub struct ErrorCode(pub String);
+
 #[derive(Serialize)]
 struct Body<'a> {
     error: Inner<'a>,
@@ -114,6 +118,18 @@ impl ApiError {
         )
     }
 
+    /// The request's Idempotency-Key lock was taken over by a retry while it ran (it took
+    /// longer than the lock's TTL): it was rolled back and did nothing. The retry's answer is
+    /// the one that counts; sending the request again replays it.
+    pub fn idempotency_in_use() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "idempotency_error",
+            "idempotency_key_in_use",
+            "Another request with this Idempotency-Key took over while this one ran, so this one was rolled back and changed nothing. Send the request again to get that request's answer.",
+        )
+    }
+
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -126,7 +142,17 @@ impl ApiError {
     /// An unexpected failure. The cause goes to the log; the client sees only that it happened.
     pub fn internal(cause: &dyn std::error::Error) -> Self {
         tracing::error!(error = %error_chain(cause), "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error", "An unexpected error occurred; it has been logged. Retrying with the same Idempotency-Key is safe.")
+        Self::opaque_internal()
+    }
+
+    /// The contract's opaque 500: it says that something failed, never what.
+    fn opaque_internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            "internal_error",
+            "An unexpected error occurred; it has been logged. Retrying with the same Idempotency-Key is safe.",
+        )
     }
 
     /// Over the caller's request rate; `Retry-After` says when a request will be accepted again.
@@ -166,6 +192,31 @@ impl ApiError {
     }
 }
 
+/// What a panicking handler answers: the opaque 500, with the panic's message in the log (not
+/// in the body). Used by the Idempotency-Key layer, which also frees the key, and by the guard
+/// around every route.
+pub fn panic_response(payload: &(dyn std::any::Any + Send)) -> Response {
+    let cause = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-text payload".to_owned());
+    tracing::error!(panic = %cause, "request handler panicked");
+    ApiError::opaque_internal().as_response_owned()
+}
+
+/// [`panic_response`] as poem's `CatchPanic` handler.
+#[derive(Debug, Clone, Copy)]
+pub struct PanicAnswer;
+
+impl poem::middleware::PanicHandler for PanicAnswer {
+    type Response = Response;
+
+    fn get_response(&self, err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+        panic_response(err.as_ref())
+    }
+}
+
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
@@ -190,6 +241,8 @@ impl poem::error::ResponseError for ApiError {
         if let Some(secs) = self.retry_after_secs {
             resp.headers_mut().insert("Retry-After", secs.into());
         }
+        // For the request's log line (`request_id.rs`), which sees only the response.
+        resp.extensions_mut().insert(ErrorCode(self.code.clone()));
         resp
     }
 }
@@ -197,10 +250,7 @@ impl poem::error::ResponseError for ApiError {
 impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         // State conflicts are 409s; everything else a caller can get wrong is a 400.
-        let err = if matches!(
-            e.code,
-            "invalid_state_transition" | "payment_intent_unexpected_state" | "charge_disputed"
-        ) {
+        let err = if matches!(e.code, "invalid_state_transition" | "charge_disputed") {
             ApiError::conflict(e.code, e.message)
         } else {
             ApiError::invalid(e.code, e.message)
@@ -285,12 +335,7 @@ pub fn to_contract_response(err: poem::Error) -> Response {
         ),
         _ => {
             tracing::error!(error = %message, %status, "unhandled error");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "api_error",
-                "internal_error",
-                "An unexpected error occurred; it has been logged.",
-            )
+            ApiError::opaque_internal()
         }
     };
     api.as_response_owned()

@@ -60,10 +60,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             )
             .with_param(path);
         }
-        let err = ApiError::invalid(
-            "parameter_invalid",
-            format!("Invalid value for `{path}`: {message}"),
-        );
+        let err = ApiError::invalid("parameter_invalid", describe_invalid(&path, &message));
         if path == "." {
             err
         } else {
@@ -126,6 +123,37 @@ fn find_control_character(value: &serde_json::Value, path: &str) -> Option<Strin
             find_control_character(v, &child)
         }),
         _ => None,
+    }
+}
+
+/// Body fields that hold money: an integer count of the currency's minor unit.
+const MONEY_FIELDS: &[&str] = &["amount", "amountToCapture"];
+
+/// Says what a field must hold, in the API's terms rather than the parser's ("expected i64 at
+/// line 1 column 16" means nothing to a client). A money field says it is minor units.
+fn describe_invalid(path: &str, message: &str) -> String {
+    let message = message
+        .rfind(" at line ")
+        .map_or(message, |at| &message[..at]);
+    let field = path.rsplit('.').next().unwrap_or(path);
+    let expected = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+        .and_then(|rest| rest.split_once(", expected "))
+        .map(|(_, expected)| expected);
+    let integer = |e: &str| matches!(e, "i64" | "u64" | "i32" | "u32" | "u16" | "u8" | "i16");
+    match expected {
+        Some(e) if MONEY_FIELDS.contains(&field) && integer(e) => format!(
+            "`{path}` must be an integer count of the currency's minor unit, such as 1099 for 10.99 USD (no fractions, no strings)"
+        ),
+        Some(e) if integer(e) => format!("`{path}` must be an integer"),
+        Some(e) if e.starts_with("struct ") || e == "a map" => {
+            format!("`{path}` must be an object")
+        }
+        Some("a sequence") => format!("`{path}` must be an array"),
+        Some(e) => format!("`{path}` must be {e}"),
+        None if path == "." => format!("Invalid request body: {message}"),
+        None => format!("Invalid value for `{path}`: {message}"),
     }
 }
 
@@ -278,6 +306,31 @@ mod tests {
             (e.code.as_str(), e.param.as_deref()),
             ("parameter_invalid", None)
         );
+    }
+
+    #[test]
+    fn a_fractional_or_string_amount_says_it_is_minor_units() {
+        for body in [
+            r#"{"amount": 10.99}"#,
+            r#"{"amount": "1099"}"#,
+            r#"{"amount": -1.5}"#,
+        ] {
+            let e = err(body);
+            assert_eq!(
+                (e.code.as_str(), e.param.as_deref()),
+                ("parameter_invalid", Some("amount")),
+                "{body}"
+            );
+            assert!(e.message.contains("minor unit"), "{}", e.message);
+            assert!(e.message.contains("1099"), "{}", e.message);
+            for internal in ["i64", "floating point", "line 1", "column"] {
+                assert!(!e.message.contains(internal), "{}", e.message);
+            }
+        }
+        let e = err(r#"{"amount": 1, "nested": {"n": 2.5}}"#);
+        assert_eq!(e.message, "`nested.n` must be an integer");
+        let e = err(r#"{"amount": 1, "nested": []}"#);
+        assert!(!e.message.contains("line 1"), "{}", e.message);
     }
 
     #[test]

@@ -10,48 +10,60 @@
 //!   ([`complete`]), so a crash between commit and storing cannot make a retry run twice.
 //!   Validation errors are stored afterwards; 5xx, 404, 409 and 429 release the key, because
 //!   retrying them may rightly give another answer.
+//! - The lock is fenced (`store::idempotency_keys`): a holder slower than the TTL whose key a
+//!   retry took over cannot store its answer, so [`complete`] fails with 409
+//!   `idempotency_key_in_use` and the handler's transaction rolls back all it did. Only the
+//!   request that holds the lock commits.
+//! - Whatever the handler did, a key whose answer was not stored and committed is released
+//!   at once: after an error, a failed commit, or a panic (answered as the opaque 500).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use poem::http::{Method, StatusCode};
 use poem::{Body, Endpoint, IntoResponse, Request, Response};
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
+use uuid::Uuid;
 
+use paystream_shared::store::idempotency_keys::{self as store, Existing};
 use paystream_shared::webhooks::secret_box::SecretBox;
 
-use crate::error::{to_contract_response, ApiError};
+use crate::error::{panic_response, to_contract_response, ApiError};
 use crate::{AppState, MAX_BODY_BYTES};
 
 pub const HEADER: &str = "Idempotency-Key";
 pub const REPLAYED_HEADER: &str = "Idempotent-Replayed";
 
 /// How long a finished key is kept; older rows are treated as unused and purged.
-pub const RETENTION_HOURS: i64 = 24;
+pub const RETENTION_HOURS: i32 = store::RETENTION_HOURS;
 
 /// Put in the request's extensions while a keyed request runs.
 #[derive(Clone)]
 pub struct Scope {
     merchant_id: String,
     key: String,
+    /// The fencing token this request holds the lock with.
+    token: Uuid,
+    /// Set once the handler stored its answer in its transaction. It says nothing about
+    /// whether that transaction committed: a key is released after any answer that is not a
+    /// success, and the release finds a committed answer and leaves it alone.
     stored: Arc<AtomicBool>,
 }
 
-/// Stores the response in the handler's transaction. Without a key this does nothing.
+/// Stores the response in the handler's transaction. Without a key this does nothing. If the
+/// request lost its lock to a retry (it ran longer than the lock's TTL), nothing may commit:
+/// the error is returned for the handler to pass on, dropping (rolling back) its transaction.
 pub async fn complete(
     req: &Request,
     conn: &mut PgConnection,
     status: StatusCode,
     body: &[u8],
 ) -> Result<(), ApiError> {
-    let Some(scope) = req.extensions().get::<Scope>() else {
-        return Ok(());
-    };
-    store(conn, &scope.merchant_id, &scope.key, status, body).await?;
-    scope.stored.store(true, Ordering::SeqCst);
-    Ok(())
+    store_in(req, conn, status, body, None).await
 }
 
 /// [`complete`] for an answer that carries a secret: `public` (without it) is what the row
@@ -67,16 +79,37 @@ pub async fn complete_sealed(
     let Some(scope) = req.extensions().get::<Scope>() else {
         return Ok(());
     };
-    store(conn, &scope.merchant_id, &scope.key, status, public).await?;
     let sealed = sealer.seal(full, &sealing_context(&scope.merchant_id, &scope.key));
-    sqlx::query(
-        "UPDATE idempotency_keys SET response_sealed = $3 WHERE merchant_id = $1 AND key = $2",
+    store_in(req, conn, status, public, Some(&sealed)).await
+}
+
+async fn store_in(
+    req: &Request,
+    conn: &mut PgConnection,
+    status: StatusCode,
+    body: &[u8],
+    sealed: Option<&[u8]>,
+) -> Result<(), ApiError> {
+    let Some(scope) = req.extensions().get::<Scope>() else {
+        return Ok(());
+    };
+    let held = store::store_response(
+        conn,
+        &scope.merchant_id,
+        &scope.key,
+        scope.token,
+        status.as_u16(),
+        body,
+        sealed,
     )
-    .bind(&scope.merchant_id)
-    .bind(&scope.key)
-    .bind(sealed)
-    .execute(conn)
     .await?;
+    if !held {
+        tracing::warn!(
+            merchant_id = %scope.merchant_id,
+            "idempotency key lock lost to a retry while the request ran; rolling it back"
+        );
+        return Err(ApiError::idempotency_in_use());
+    }
     scope.stored.store(true, Ordering::SeqCst);
     Ok(())
 }
@@ -84,27 +117,6 @@ pub async fn complete_sealed(
 /// Binds a sealed answer to its (merchant, key), so it cannot be replayed under another.
 fn sealing_context(merchant_id: &str, key: &str) -> Vec<u8> {
     format!("idempotency\x1f{merchant_id}\x1f{key}").into_bytes()
-}
-
-async fn store(
-    conn: &mut PgConnection,
-    merchant_id: &str,
-    key: &str,
-    status: StatusCode,
-    body: &[u8],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE idempotency_keys SET response_status = $3, response_body = $4, locked_until = NULL,
-                response_sealed = NULL
-         WHERE merchant_id = $1 AND key = $2",
-    )
-    .bind(merchant_id)
-    .bind(key)
-    .bind(i32::from(status.as_u16()))
-    .bind(body)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 fn validate_key(raw: &str) -> Result<String, ApiError> {
@@ -135,127 +147,73 @@ pub fn fingerprint(method: &Method, path: &str, body: &[u8]) -> Vec<u8> {
 }
 
 enum Begin {
-    Run,
+    Run(Uuid),
     Replay { status: StatusCode, body: Vec<u8> },
 }
 
-#[derive(sqlx::FromRow)]
-struct Existing {
-    request_method: String,
-    request_path: String,
-    fingerprint: Vec<u8>,
-    response_status: Option<i32>,
-    response_body: Option<Vec<u8>>,
-    response_sealed: Option<Vec<u8>>,
-    lock_expired: bool,
+fn replay_of(state: &AppState, merchant_id: &str, key: &str, existing: Existing) -> Option<Begin> {
+    let (Some(status), Some(body)) = (existing.response_status, existing.response_body) else {
+        return None;
+    };
+    let status = u16::try_from(status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let body = match existing.response_sealed {
+        None => body,
+        Some(sealed) => {
+            let sealer = SecretBox::new(state.config.webhook_secret_key.expose());
+            match sealer.open(&sealed, &sealing_context(merchant_id, key)) {
+                Ok(full) => full,
+                // Sealed under a key this process no longer has: the answer without its
+                // secret is still the truth about the object.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open a sealed idempotent answer; replaying it without its secret");
+                    body
+                }
+            }
+        }
+    };
+    Some(Begin::Replay { status, body })
 }
 
-async fn begin(
-    state: &AppState,
-    merchant_id: &str,
-    key: &str,
-    method: &Method,
-    path: &str,
-    fp: &[u8],
-) -> Result<Begin, ApiError> {
-    let ttl_ms = i64::try_from(state.config.idempotency_lock_ttl.as_millis()).unwrap_or(i64::MAX);
+async fn begin(state: &AppState, req: &store::Request<'_>) -> Result<Begin, ApiError> {
+    let ttl = state.config.idempotency_lock_ttl;
     let mut wait = Duration::from_millis(5);
     loop {
-        // Insert, or reclaim a row older than the retention window as if it were new.
-        let claimed = sqlx::query_scalar::<_, i32>(
-            "INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, fingerprint, locked_until)
-             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6::double precision / 1000))
-             ON CONFLICT (merchant_id, key) DO UPDATE SET
-                request_method = EXCLUDED.request_method, request_path = EXCLUDED.request_path,
-                fingerprint = EXCLUDED.fingerprint, locked_until = EXCLUDED.locked_until,
-                response_status = NULL, response_body = NULL, response_sealed = NULL,
-                created_at = now()
-             WHERE idempotency_keys.created_at < now() - make_interval(hours => $7)
-             RETURNING 1",
-        )
-        .bind(merchant_id)
-        .bind(key)
-        .bind(method.as_str())
-        .bind(path)
-        .bind(fp)
-        .bind(ttl_ms)
-        .bind(i32::try_from(RETENTION_HOURS).unwrap_or(24))
-        .fetch_optional(&state.pool)
-        .await?;
-        if claimed.is_some() {
-            return Ok(Begin::Run);
+        let token = Uuid::new_v4();
+        if store::claim(&state.pool, req, ttl, token).await? {
+            return Ok(Begin::Run(token));
         }
-        let existing = sqlx::query_as::<_, Existing>(
-            "SELECT request_method, request_path, fingerprint, response_status, response_body,
-                    response_sealed, coalesce(locked_until < now(), false) AS lock_expired
-             FROM idempotency_keys WHERE merchant_id = $1 AND key = $2",
-        )
-        .bind(merchant_id)
-        .bind(key)
-        .fetch_optional(&state.pool)
-        .await?;
-        let Some(existing) = existing else {
+        let Some(existing) = store::find(&state.pool, req.merchant_id, req.key).await? else {
             continue; // released between our two statements: try to claim it again
         };
-        if existing.request_method != method.as_str()
-            || existing.request_path != path
-            || existing.fingerprint != fp
+        if existing.request_method != req.method
+            || existing.request_path != req.path
+            || existing.fingerprint != req.fingerprint
         {
             return Err(ApiError::idempotency_reused());
         }
-        if let (Some(status), Some(body)) = (existing.response_status, existing.response_body) {
-            let status = u16::try_from(status)
-                .ok()
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .unwrap_or(StatusCode::OK);
-            let body = match existing.response_sealed {
-                None => body,
-                Some(sealed) => {
-                    let sealer = SecretBox::new(state.config.webhook_secret_key.expose());
-                    match sealer.open(&sealed, &sealing_context(merchant_id, key)) {
-                        Ok(full) => full,
-                        // Sealed under a key this process no longer has: the answer without
-                        // its secret is still the truth about the object.
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot open a sealed idempotent answer; replaying it without its secret");
-                            body
-                        }
-                    }
-                }
-            };
-            return Ok(Begin::Replay { status, body });
+        let lock_expired = existing.lock_expired;
+        if let Some(replay) = replay_of(state, req.merchant_id, req.key, existing) {
+            return Ok(replay);
         }
-        if existing.lock_expired {
-            let taken = sqlx::query_scalar::<_, i32>(
-                "UPDATE idempotency_keys SET locked_until = now() + make_interval(secs => $3::double precision / 1000)
-                 WHERE merchant_id = $1 AND key = $2 AND response_status IS NULL AND locked_until < now()
-                 RETURNING 1",
-            )
-            .bind(merchant_id)
-            .bind(key)
-            .bind(ttl_ms)
-            .fetch_optional(&state.pool)
-            .await?;
-            if taken.is_some() {
-                tracing::warn!(
-                    merchant_id,
-                    "idempotency key lock expired; taking over from a dead holder"
-                );
-                return Ok(Begin::Run);
-            }
+        if lock_expired
+            && store::take_over(&state.pool, req.merchant_id, req.key, ttl, token).await?
+        {
+            tracing::warn!(
+                merchant_id = req.merchant_id,
+                "idempotency key lock expired; taking over from a dead or stalled holder"
+            );
+            return Ok(Begin::Run(token));
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_millis(100));
     }
 }
 
-async fn release(state: &AppState, merchant_id: &str, key: &str) {
-    let res = sqlx::query("DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 AND response_status IS NULL")
-        .bind(merchant_id)
-        .bind(key)
-        .execute(&state.pool)
-        .await;
-    if let Err(e) = res {
+async fn release(state: &AppState, merchant_id: &str, key: &str, token: Uuid) {
+    if let Err(e) = store::release(&state.pool, merchant_id, key, token).await {
         // The lock then simply expires after its TTL.
         tracing::warn!(error = %e, "could not release an idempotency key");
     }
@@ -300,8 +258,15 @@ pub async fn around<E: Endpoint>(
     let method = req.method().clone();
     let path = req.original_uri().path().to_owned();
     let fp = fingerprint(&method, &path, &body);
+    let request = store::Request {
+        merchant_id,
+        key: &key,
+        method: method.as_str(),
+        path: &path,
+        fingerprint: &fp,
+    };
 
-    match begin(state, merchant_id, &key, &method, &path, &fp).await? {
+    match begin(state, &request).await? {
         Begin::Replay { status, body } => {
             // Successes replay as 200, as the contract says; a stored rejection keeps its status
             // so a client cannot mistake it for success.
@@ -316,46 +281,63 @@ pub async fn around<E: Endpoint>(
                 .header(REPLAYED_HEADER, "true")
                 .body(body))
         }
-        Begin::Run => {
+        Begin::Run(token) => {
             let stored = Arc::new(AtomicBool::new(false));
             req.extensions_mut().insert(Scope {
                 merchant_id: merchant_id.to_owned(),
                 key: key.clone(),
+                token,
                 stored: stored.clone(),
             });
             req.set_body(Body::from(body));
-            let mut resp = match ep.call(req).await {
-                Ok(r) => r.into_response(),
-                Err(e) => to_contract_response(e),
+            // A panic must not leave the key locked until its TTL: catch it here, where the
+            // key is known. The handler's transaction was dropped while unwinding, so nothing
+            // it did commits; the client gets the opaque 500, and a retry runs at once.
+            let mut resp = match AssertUnwindSafe(ep.call(req)).catch_unwind().await {
+                Ok(Ok(r)) => r.into_response(),
+                Ok(Err(e)) => to_contract_response(e),
+                Err(panic) => {
+                    let resp = panic_response(panic.as_ref());
+                    release(state, merchant_id, &key, token).await;
+                    return Ok(resp);
+                }
             };
-            if stored.load(Ordering::SeqCst) {
+            let status = resp.status();
+            let stored = stored.load(Ordering::SeqCst);
+            if stored && status.is_success() {
                 return Ok(resp);
             }
-            let status = resp.status();
-            if cacheable(status) {
+            if !stored && cacheable(status) {
                 let bytes = resp.take_body().into_vec().await.unwrap_or_default();
                 let mut conn = state.pool.acquire().await.map_err(ApiError::from)?;
-                store(&mut conn, merchant_id, &key, status, &bytes)
-                    .await
-                    .map_err(ApiError::from)?;
+                let held = store::store_response(
+                    &mut conn,
+                    merchant_id,
+                    &key,
+                    token,
+                    status.as_u16(),
+                    &bytes,
+                    None,
+                )
+                .await
+                .map_err(ApiError::from)?;
+                if !held {
+                    // A retry holds the key now; its answer is the one to keep.
+                    tracing::warn!(
+                        merchant_id,
+                        "idempotency key lock lost before a rejection was stored"
+                    );
+                }
                 resp.set_body(bytes);
             } else {
-                release(state, merchant_id, &key).await;
+                // An error after the answer was stored means the transaction did not commit
+                // (a failed commit, say): the row still shows no answer, and the release
+                // frees it. A committed answer is left alone by the release.
+                release(state, merchant_id, &key, token).await;
             }
             Ok(resp)
         }
     }
-}
-
-/// Deletes keys past the retention window; the scheduler calls this periodically.
-pub async fn purge_expired(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
-    )
-    .bind(i32::try_from(RETENTION_HOURS).unwrap_or(24))
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod metrics;
 pub mod rate_limit;
+pub mod request_id;
 pub mod routes;
 
 use std::net::TcpListener;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use poem::listener::{Acceptor, TcpAcceptor};
-use poem::middleware::Tracing;
+use poem::middleware::CatchPanic;
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Route, Server};
 use poem_openapi::OpenApiService;
 use sqlx::PgPool;
@@ -99,6 +100,10 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/readyz", poem::get(routes::ops::readyz))
         .at("/metrics", poem::get(routes::ops::metrics))
         .catch_all_error(|e| async move { error::to_contract_response(e) })
+        // Every route, whatever it is: a panic becomes the opaque 500 and a log line with its
+        // cause, never a dropped connection. Keyed POSTs catch it earlier, in
+        // `idempotency::around`, which also frees their key.
+        .with(CatchPanic::new().with_handler(error::PanicAnswer))
         .around(move |ep, req| {
             let (metrics, waker) = (metrics.clone(), waker.clone());
             async move {
@@ -113,7 +118,7 @@ pub fn app(state: AppState) -> impl Endpoint {
             }
         })
         .data(state)
-        .with(Tracing)
+        .around(request_id::around)
         .into_endpoint()
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 
-use paystream_shared::config::Config;
+use paystream_shared::config::{Config, Environment, ENV_VAR};
 use paystream_shared::store::merchants;
 
 #[derive(Debug, clap::Args)]
@@ -380,25 +380,30 @@ async fn start(config: &Config, args: &UpArgs, sup: &mut Supervisor) -> anyhow::
     let pool = paystream_shared::db::connect(&db_url, 2).await?;
     paystream_shared::db::migrate(&pool).await?;
     let mut conn = pool.acquire().await?;
-    match &config.bootstrap_api_key {
+    // Printed with the READY line, where it does not scroll away under the start-up output.
+    let key_line = match &config.bootstrap_api_key {
         Some(secret) => {
             let merchant =
                 merchants::ensure_bootstrap_key(&mut conn, "bootstrap", secret.expose()).await?;
-            println!("bootstrap key from PAYSTREAM_BOOTSTRAP_API_KEY is an admin key of merchant {merchant}");
+            format!("bootstrap key from PAYSTREAM_BOOTSTRAP_API_KEY is an admin key of merchant {merchant}")
         }
         None => {
             let key =
                 merchants::create_key(&mut conn, "demo", merchants::Role::Admin, None).await?;
-            println!(
+            format!(
                 "demo merchant {} admin key: {}",
                 key.merchant_id,
                 key.secret.expose()
-            );
+            )
         }
-    }
+    };
     drop(conn);
     pool.close().await;
 
+    let environment = config.environment.as_str();
+    if config.environment == Environment::Development {
+        println!("PAYSTREAM_ENV=development: secrets not set use their public development values");
+    }
     println!("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE=true for local development: webhooks may target loopback and private addresses");
     let dir = binary_dir()?;
     build_missing_binaries(&dir).await?;
@@ -420,6 +425,7 @@ async fn start(config: &Config, args: &UpArgs, sup: &mut Supervisor) -> anyhow::
             .env("DATABASE_URL", &db_url)
             .env("NATS_URL", &config.nats_url)
             .env("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE", "true")
+            .env(ENV_VAR, environment)
             .env(
                 "ACQUIRER_SIM_NOTIFY_URL",
                 format!("{}/api/provider/webhooks", http_url(config.api_addr)),
@@ -465,6 +471,8 @@ async fn start(config: &Config, args: &UpArgs, sup: &mut Supervisor) -> anyhow::
             bail!("{name} exited during start-up ({status})");
         }
     }
+    println!();
+    println!("{key_line}");
     println!("READY api={api} vault={vault} acquirer={acquirer}");
     Ok(())
 }

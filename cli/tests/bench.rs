@@ -10,6 +10,7 @@ use paystream_tests::{spawn_app, TestApp};
 async fn bench(configure: impl FnOnce(&mut tokio::process::Command)) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_paystream"));
     cmd.arg("bench")
+        .env("PAYSTREAM_ENV", "development")
         .env_remove("PAYSTREAM_BOOTSTRAP_API_KEY")
         .env_remove("PAYSTREAM_API_ADDR")
         .kill_on_drop(true);

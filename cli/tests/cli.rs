@@ -8,7 +8,8 @@ use paystream_tests::TestDb;
 
 fn paystream(db: &TestDb) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_paystream"));
-    c.env("DATABASE_URL", &db.url);
+    c.env("DATABASE_URL", &db.url)
+        .env("PAYSTREAM_ENV", "development");
     c
 }
 
@@ -239,6 +240,11 @@ async fn up_with_a_bootstrap_key_runs_the_api_and_never_logs_a_card_number() {
     let up = Up::start(&mut cmd);
     let lines = up.wait_ready(Duration::from_secs(60));
     let ready = lines.last().unwrap();
+    // The key is printed with READY, not scrolled away above the start-up output.
+    assert!(
+        lines[lines.len() - 2].contains("PAYSTREAM_BOOTSTRAP_API_KEY"),
+        "{lines:?}"
+    );
     let api = field(ready, "api");
     assert_eq!(api, format!("http://127.0.0.1:{api_port}"));
     assert!(
@@ -343,10 +349,11 @@ async fn up_starts_its_own_postgres_and_nats_when_none_answer() {
             .any(|l| l.contains("starting a local nats-server")),
         "{seen:?}"
     );
-    let demo = seen
-        .iter()
-        .find(|l| l.contains("admin key:"))
-        .expect("demo key printed");
+    let demo = &seen[seen.len() - 2];
+    assert!(
+        demo.contains("admin key:"),
+        "demo key printed with READY: {seen:?}"
+    );
     let key = demo.split_whitespace().last().unwrap();
     let r = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{api_port}/api/payment-intents"))

@@ -12,6 +12,7 @@ fn dlq(app: &TestApp, args: &[&str]) -> (bool, String) {
         .env("DATABASE_URL", &app.db.url)
         .env("NATS_URL", &app.config.nats_url)
         .env("PAYSTREAM_STREAM_PREFIX", &app.prefix)
+        .env("PAYSTREAM_ENV", "development")
         .arg("dlq")
         .args(args)
         .output()

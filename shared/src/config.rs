@@ -14,8 +14,32 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// Where the process runs. Only development accepts the public development defaults of the
+/// secrets; anywhere else a missing secret stops the process at start-up, naming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// A laptop: `paystream up` sets it for everything it starts, or `PAYSTREAM_ENV=development`.
+    Development,
+    /// Anything else (`PAYSTREAM_ENV` unset or `production`): every secret must be set.
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Production => "production",
+        }
+    }
+}
+
+/// The variable that selects the [`Environment`].
+pub const ENV_VAR: &str = "PAYSTREAM_ENV";
+
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Development or production (`PAYSTREAM_ENV`); decides whether secrets have defaults.
+    pub environment: Environment,
     pub database_url: Secret<String>,
     pub nats_url: String,
     pub api_addr: SocketAddr,
@@ -65,11 +89,19 @@ pub const MAX_ABANDON_AFTER: Duration = Duration::from_secs(100 * 365 * 24 * 60 
 /// base64 of the 32 bytes `paystream local development key!`: fine on a laptop, public
 /// everywhere else, so production sets `PAYSTREAM_WEBHOOK_SECRET_KEY` to its own random key.
 pub const DEVELOPMENT_WEBHOOK_SECRET_KEY: &str = "cGF5c3RyZWFtIGxvY2FsIGRldmVsb3BtZW50IGtleSE=";
+/// The acquirer notification secret of development; the simulator signs with it by default.
+pub const DEVELOPMENT_ACQUIRER_WEBHOOK_SECRET: &str = "acq_whsec_local_development_only";
 
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Every default, in development mode: the configuration of a laptop (and of tests that
+    /// need a `Config` but no particular value).
+    pub fn development_defaults() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| (k == ENV_VAR).then(|| Environment::Development.as_str().to_owned()))
     }
 
     /// Reads configuration through `lookup`, so tests need not touch the process environment.
@@ -78,6 +110,42 @@ impl Config {
             lookup(var)
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| default.to_owned())
+        };
+        let environment = match get(ENV_VAR, "production").as_str() {
+            "development" => Environment::Development,
+            "production" => Environment::Production,
+            other => {
+                return Err(ConfigError {
+                    var: ENV_VAR,
+                    value: other.to_owned(),
+                    reason: "must be `development` or `production` (unset means production)".into(),
+                })
+            }
+        };
+        // The one rule for secrets with a public development value: outside development the
+        // variable must be set, and not to that public value.
+        let secret = |var: &'static str, development_value: &str| -> Result<String, ConfigError> {
+            match lookup(var).filter(|v| !v.is_empty()) {
+                Some(v) if environment == Environment::Production && v == development_value => {
+                    Err(ConfigError {
+                        var,
+                        value: "<hidden>".into(),
+                        reason: "is the public development value; set a secret of your own \
+                                 (or PAYSTREAM_ENV=development on a laptop)"
+                            .into(),
+                    })
+                }
+                Some(v) => Ok(v),
+                None if environment == Environment::Development => Ok(development_value.to_owned()),
+                None => Err(ConfigError {
+                    var,
+                    value: "<unset>".into(),
+                    reason: "must be set outside development mode: its default is public. Set \
+                             it, or PAYSTREAM_ENV=development on a laptop (`paystream up` \
+                             sets that for what it starts)"
+                        .into(),
+                }),
+            }
         };
         let addr = |var: &'static str, default: &str| -> Result<SocketAddr, ConfigError> {
             let value = get(var, default);
@@ -192,10 +260,14 @@ impl Config {
             reason: "must be a whole number of requests per second (0 turns the limit off)".into(),
         })?;
 
-        let webhook_secret_key = parse_webhook_key(&get(
+        let webhook_secret_key = parse_webhook_key(&secret(
             "PAYSTREAM_WEBHOOK_SECRET_KEY",
             DEVELOPMENT_WEBHOOK_SECRET_KEY,
-        ))?;
+        )?)?;
+        let acquirer_webhook_secret = secret(
+            "PAYSTREAM_ACQUIRER_WEBHOOK_SECRET",
+            DEVELOPMENT_ACQUIRER_WEBHOOK_SECRET,
+        )?;
         let wh_raw = get("PAYSTREAM_WEBHOOK_TIMEOUT_MS", "10000");
         let webhook_timeout = match wh_raw.parse::<u64>() {
             Ok(ms) if ms > 0 => Duration::from_millis(ms),
@@ -209,6 +281,7 @@ impl Config {
         };
 
         Ok(Config {
+            environment,
             database_url: Secret::new(database_url),
             nats_url,
             api_addr: addr("PAYSTREAM_API_ADDR", "127.0.0.1:8080")?,
@@ -221,10 +294,7 @@ impl Config {
             stream_prefix,
             webhook_allow_private,
             idempotency_lock_ttl: Duration::from_millis(ttl_ms),
-            acquirer_webhook_secret: Secret::new(get(
-                "PAYSTREAM_ACQUIRER_WEBHOOK_SECRET",
-                "acq_whsec_local_development_only",
-            )),
+            acquirer_webhook_secret: Secret::new(acquirer_webhook_secret),
             acquirer_timeout: Duration::from_millis(acq_ms),
             webhook_secret_key,
             webhook_timeout,
@@ -268,12 +338,83 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// `pairs` in development mode, unless they set `PAYSTREAM_ENV` themselves.
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        map.entry(ENV_VAR.to_owned())
+            .or_insert_with(|| "development".to_owned());
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    fn production(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const OWN_KEY: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+
+    #[test]
+    fn development_secrets_are_refused_outside_development() {
+        // Unset PAYSTREAM_ENV is production: each missing secret stops start-up, by name.
+        let err = production(&[("PAYSTREAM_ACQUIRER_WEBHOOK_SECRET", "acq_own")]).unwrap_err();
+        assert_eq!(err.var, "PAYSTREAM_WEBHOOK_SECRET_KEY");
+        assert!(
+            err.to_string().contains("PAYSTREAM_ENV=development"),
+            "{err}"
+        );
+        let err = production(&[("PAYSTREAM_WEBHOOK_SECRET_KEY", OWN_KEY)]).unwrap_err();
+        assert_eq!(err.var, "PAYSTREAM_ACQUIRER_WEBHOOK_SECRET");
+        let err = production(&[
+            ("PAYSTREAM_ENV", "production"),
+            ("PAYSTREAM_WEBHOOK_SECRET_KEY", OWN_KEY),
+            ("PAYSTREAM_ACQUIRER_WEBHOOK_SECRET", ""),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "PAYSTREAM_ACQUIRER_WEBHOOK_SECRET");
+        // Nor may they be set to the public development values.
+        let err = production(&[
+            (
+                "PAYSTREAM_WEBHOOK_SECRET_KEY",
+                DEVELOPMENT_WEBHOOK_SECRET_KEY,
+            ),
+            ("PAYSTREAM_ACQUIRER_WEBHOOK_SECRET", "acq_own"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "PAYSTREAM_WEBHOOK_SECRET_KEY");
+        assert!(!err.to_string().contains(DEVELOPMENT_WEBHOOK_SECRET_KEY));
+        let err = production(&[
+            ("PAYSTREAM_WEBHOOK_SECRET_KEY", OWN_KEY),
+            (
+                "PAYSTREAM_ACQUIRER_WEBHOOK_SECRET",
+                DEVELOPMENT_ACQUIRER_WEBHOOK_SECRET,
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "PAYSTREAM_ACQUIRER_WEBHOOK_SECRET");
+        // Both set: production starts.
+        let c = production(&[
+            ("PAYSTREAM_WEBHOOK_SECRET_KEY", OWN_KEY),
+            ("PAYSTREAM_ACQUIRER_WEBHOOK_SECRET", "acq_own"),
+        ])
+        .unwrap();
+        assert_eq!(c.environment, Environment::Production);
+        assert_eq!(c.acquirer_webhook_secret.expose(), "acq_own");
+        // Development takes the defaults.
+        let c = Config::development_defaults().unwrap();
+        assert_eq!(c.environment, Environment::Development);
+        assert_eq!(
+            c.acquirer_webhook_secret.expose(),
+            DEVELOPMENT_ACQUIRER_WEBHOOK_SECRET
+        );
+        // A misspelt environment is refused rather than guessed.
+        let err = production(&[("PAYSTREAM_ENV", "dev")]).unwrap_err();
+        assert_eq!(err.var, "PAYSTREAM_ENV");
     }
 
     #[test]
@@ -355,9 +496,8 @@ mod tests {
             b"paystream local development key!"
         );
         assert_eq!(c.webhook_timeout, Duration::from_secs(10));
-        let key = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
         let c = cfg(&[
-            ("PAYSTREAM_WEBHOOK_SECRET_KEY", key),
+            ("PAYSTREAM_WEBHOOK_SECRET_KEY", OWN_KEY),
             ("PAYSTREAM_WEBHOOK_TIMEOUT_MS", "250"),
         ])
         .unwrap();

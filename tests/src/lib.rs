@@ -73,6 +73,8 @@ pub fn test_config(db_url: &str, prefix: &str, nats: &str, acquirer: &str) -> Co
         "NATS_URL" => Some(nats.clone()),
         "PAYSTREAM_ACQUIRER_URL" => Some(acquirer.clone()),
         "PAYSTREAM_STREAM_PREFIX" => Some(prefix.clone()),
+        // The simulator signs with the development notification secret.
+        "PAYSTREAM_ENV" => Some("development".to_owned()),
         "PAYSTREAM_RETRY_BASE_MS" => Some("10".to_owned()),
         // Tests run side by side, each with several in-process pools, against one server.
         "PAYSTREAM_DB_POOL_SIZE" => Some("8".to_owned()),
@@ -300,6 +302,7 @@ impl TestApp {
             .env("DATABASE_URL", &self.db.url)
             .env("NATS_URL", &self.config.nats_url)
             .env("PAYSTREAM_STREAM_PREFIX", &self.prefix)
+            .env("PAYSTREAM_ENV", "development")
             .env("PAYSTREAM_ACQUIRER_URL", &self.sim_url)
             .env("PAYSTREAM_RETRY_BASE_MS", "10")
             .env("PAYSTREAM_DB_POOL_SIZE", "8")

@@ -240,6 +240,7 @@ impl TestApp {
             .env("DATABASE_URL", &self.db.url)
             .env("NATS_URL", &self.config.nats_url)
             .env("PAYSTREAM_STREAM_PREFIX", &self.prefix)
+            .env("PAYSTREAM_ENV", "development")
             .env("PAYSTREAM_RETRY_BASE_MS", "10")
             .env("PAYSTREAM_WEBHOOK_TIMEOUT_MS", "2000")
             .env("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE", "true")

@@ -265,7 +265,7 @@ mod tests {
 
     #[test]
     fn ack_wait_exceeds_the_whole_retry_budget() {
-        let config = Config::from_lookup(|_| None).unwrap();
+        let config = Config::development_defaults().unwrap();
         // 1 s base, 10 s timeouts: backoffs at most 2+3+5+9 = 19 s, attempts 50 s.
         assert_eq!(handling_budget(&config), Duration::from_secs(69));
         assert!(confirm_spec(&config).ack_wait > handling_budget(&config));

@@ -86,11 +86,7 @@ pub async fn try_lead(pool: &PgPool) -> Result<Option<Leadership>, sqlx::Error> 
 
 /// Purges what has outlived its purpose: idempotency keys past 24 h and published outbox rows.
 pub async fn purge(pool: &PgPool) -> Result<(u64, u64), sqlx::Error> {
-    let keys =
-        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
-            .execute(pool)
-            .await?
-            .rows_affected();
+    let keys = paystream_shared::store::idempotency_keys::purge_expired(pool).await?;
     let outbox = sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - make_interval(hours => $1)")
         .bind(OUTBOX_RETENTION_HOURS)
         .execute(pool)

@@ -22,6 +22,7 @@ fn confirm_worker_exits_when_nats_is_unreachable() {
         .port();
     let out = Command::new(env!("CARGO_BIN_EXE_confirm-worker"))
         .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
+        .env("PAYSTREAM_ENV", "development")
         .output()
         .expect("run confirm-worker");
     assert!(!out.status.success());
@@ -35,4 +36,15 @@ fn refund_worker_refuses_invalid_configuration() {
         .expect("run refund-worker");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("PAYSTREAM_ACQUIRER_URL"));
+}
+
+#[test]
+fn confirm_worker_refuses_to_start_without_its_secrets_outside_development() {
+    let out = Command::new(env!("CARGO_BIN_EXE_confirm-worker"))
+        .env_clear()
+        .output()
+        .expect("run confirm-worker");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PAYSTREAM_WEBHOOK_SECRET_KEY"), "{stderr}");
 }

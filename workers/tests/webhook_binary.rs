@@ -7,6 +7,7 @@ use std::process::Command;
 fn webhook_worker_refuses_a_bad_secret_key() {
     let out = Command::new(env!("CARGO_BIN_EXE_webhook-worker"))
         .env("PAYSTREAM_WEBHOOK_SECRET_KEY", "too-short")
+        .env("PAYSTREAM_ENV", "development")
         .output()
         .expect("run webhook-worker");
     assert!(!out.status.success());
@@ -24,6 +25,7 @@ fn webhook_worker_exits_when_nats_is_unreachable() {
         .port();
     let out = Command::new(env!("CARGO_BIN_EXE_webhook-worker"))
         .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
+        .env("PAYSTREAM_ENV", "development")
         .output()
         .expect("run webhook-worker");
     assert!(!out.status.success());

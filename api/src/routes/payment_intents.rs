@@ -433,17 +433,7 @@ impl PaymentIntentsApi {
                 .with_param("currency"));
             }
         }
-        if !matches!(
-            intent.status,
-            PaymentIntentStatus::RequiresConfirmation | PaymentIntentStatus::RequiresPaymentMethod
-        ) {
-            return Err(ApiError::from(
-                intent
-                    .status
-                    .transition(PaymentIntentStatus::Processing)
-                    .unwrap_err(),
-            ));
-        }
+        intent.status.confirmable()?;
         let Some(pm) = requested_pm.or_else(|| intent.payment_method_id.clone()) else {
             return Err(ApiError::invalid(
                 "parameter_missing",
@@ -472,16 +462,7 @@ impl PaymentIntentsApi {
         let auth = auth.0;
         let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
         let intent = lock(&mut tx, &auth, &id.0).await?;
-        intent.status.transition(PaymentIntentStatus::Processing)?;
-        if intent.status != PaymentIntentStatus::RequiresCapture {
-            return Err(ApiError::conflict(
-                "invalid_state_transition",
-                format!(
-                    "Only a `requires_capture` payment intent can be captured; this one is `{}`",
-                    intent.status
-                ),
-            ));
-        }
+        intent.status.capturable()?;
         // The authorization is held until it expires, not until the scheduler's next round
         // cancels it: past the deadline it is refused here, and the scheduler voids it.
         if let Some(expired_at) = intent

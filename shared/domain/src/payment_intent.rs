@@ -86,6 +86,38 @@ impl PaymentIntentStatus {
         }
     }
 
+    /// Whether a client may confirm an intent in this status. Asking
+    /// `transition(Processing)` is not enough: `requires_action` and `requires_capture` may
+    /// also move to `processing`, but by the 3-D Secure outcome and by a capture, never by a
+    /// confirm.
+    pub fn confirmable(self) -> Result<(), DomainError> {
+        if matches!(self, S::RequiresPaymentMethod | S::RequiresConfirmation) {
+            return Ok(());
+        }
+        Err(DomainError::new(
+            "invalid_state_transition",
+            None,
+            format!(
+                "Only a `requires_payment_method` or `requires_confirmation` payment intent can be confirmed; this one is `{self}`"
+            ),
+        ))
+    }
+
+    /// Whether a client may capture an intent in this status: only an authorization
+    /// (`requires_capture`) is captured.
+    pub fn capturable(self) -> Result<(), DomainError> {
+        if self == S::RequiresCapture {
+            return Ok(());
+        }
+        Err(DomainError::new(
+            "invalid_state_transition",
+            None,
+            format!(
+                "Only a `requires_capture` payment intent can be captured; this one is `{self}`"
+            ),
+        ))
+    }
+
     pub fn is_final(self) -> bool {
         matches!(self, S::Failed | S::Canceled | S::Refunded)
     }
@@ -307,6 +339,31 @@ mod tests {
             S::Processing.transition(S::Succeeded).unwrap(),
             S::Succeeded
         );
+    }
+
+    #[test]
+    fn every_status_answers_confirm_and_capture_with_a_result() {
+        for st in S::ALL {
+            let confirm = st.confirmable();
+            assert_eq!(
+                confirm.is_ok(),
+                matches!(st, S::RequiresPaymentMethod | S::RequiresConfirmation),
+                "{st}"
+            );
+            // What a confirm may do, the table allows: it leads to `processing` (through
+            // `requires_confirmation` when the payment method is new).
+            match confirm {
+                Ok(()) => assert!(
+                    st.can_transition(S::Processing) || st.can_transition(S::RequiresConfirmation)
+                ),
+                Err(e) => assert_eq!(e.code, "invalid_state_transition"),
+            }
+            let capture = st.capturable();
+            assert_eq!(capture.is_ok(), st == S::RequiresCapture, "{st}");
+            if let Err(e) = capture {
+                assert_eq!(e.code, "invalid_state_transition");
+            }
+        }
     }
 
     #[test]

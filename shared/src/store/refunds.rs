@@ -112,7 +112,7 @@ pub async fn create(
 ) -> Result<Refund, StoreError> {
     if intent.status != PaymentIntentStatus::Succeeded {
         return Err(StoreError::InvalidTransition(DomainError::new(
-            "payment_intent_unexpected_state",
+            "invalid_state_transition",
             None,
             format!(
                 "Only a `succeeded` payment intent can be refunded; this one is `{}`",

@@ -59,7 +59,7 @@ async fn partial_then_full_refund_ends_refunded_with_the_exact_amount() {
 
     app.post(&format!("/api/payment-intents/{pi}/refund"), json!({}))
         .await
-        .assert_error(409, "payment_intent_unexpected_state");
+        .assert_error(409, "invalid_state_transition");
     let events: Vec<String> = sqlx::query_scalar(
         "SELECT type FROM events WHERE type LIKE 'refund.%' ORDER BY created_at",
     )
@@ -150,7 +150,7 @@ async fn refund_rules_and_bad_input() {
         .to_owned();
     app.post("/api/refunds", json!({"paymentIntentId": unpaid}))
         .await
-        .assert_error(409, "payment_intent_unexpected_state");
+        .assert_error(409, "invalid_state_transition");
     app.post("/api/refunds", json!({"paymentIntentId": "pi_missing"}))
         .await
         .assert_error(404, "resource_missing");

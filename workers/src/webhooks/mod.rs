@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn specs_let_our_own_count_decide() {
-        let config = Config::from_lookup(|_| None).unwrap();
+        let config = Config::development_defaults().unwrap();
         let d = delivery_spec(&config);
         assert_eq!(d.max_deliver, -1);
         assert_eq!(d.ack_wait, Duration::from_secs(30));

@@ -1,0 +1,179 @@
+//! The `idempotency_keys` table: one row per (merchant, key) with the request's fingerprint,
+//! a lock with a TTL and a fencing token, and the stored answer. The API's idempotency layer
+//! decides; every statement that writes the table is here.
+//!
+//! The lock is fenced: whoever takes it writes a fresh `lock_token`, and both storing the
+//! answer and releasing the key are guarded on that token. A holder slower than the TTL, whose
+//! lock a retry took over, can then neither store its answer nor free the key it no longer
+//! holds; its caller rolls back everything the request did.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+/// How long a finished key is kept; older rows count as unused, are reclaimed by a new request
+/// and purged by the scheduler.
+pub const RETENTION_HOURS: i32 = 24;
+
+/// A key's row as a new request finds it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Existing {
+    pub request_method: String,
+    pub request_path: String,
+    pub fingerprint: Vec<u8>,
+    pub response_status: Option<i32>,
+    pub response_body: Option<Vec<u8>>,
+    pub response_sealed: Option<Vec<u8>>,
+    pub lock_expired: bool,
+}
+
+/// What identifies one request under a key.
+pub struct Request<'a> {
+    pub merchant_id: &'a str,
+    pub key: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub fingerprint: &'a [u8],
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Takes a key nobody holds: inserts its row, or reclaims a row past the retention window as
+/// if it were new. True when `token` now holds the lock.
+pub async fn claim(
+    db: impl PgExecutor<'_>,
+    req: &Request<'_>,
+    ttl: Duration,
+    token: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query_scalar::<_, i32>(
+        "INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, fingerprint,
+                                       locked_until, lock_token)
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6::double precision / 1000), $7)
+         ON CONFLICT (merchant_id, key) DO UPDATE SET
+            request_method = EXCLUDED.request_method, request_path = EXCLUDED.request_path,
+            fingerprint = EXCLUDED.fingerprint, locked_until = EXCLUDED.locked_until,
+            lock_token = EXCLUDED.lock_token,
+            response_status = NULL, response_body = NULL, response_sealed = NULL,
+            created_at = now()
+         WHERE idempotency_keys.created_at < now() - make_interval(hours => $8)
+         RETURNING 1",
+    )
+    .bind(req.merchant_id)
+    .bind(req.key)
+    .bind(req.method)
+    .bind(req.path)
+    .bind(req.fingerprint)
+    .bind(ttl_ms(ttl))
+    .bind(token)
+    .bind(RETENTION_HOURS)
+    .fetch_optional(db)
+    .await?;
+    Ok(claimed.is_some())
+}
+
+/// The key's row, if any.
+pub async fn find(
+    db: impl PgExecutor<'_>,
+    merchant_id: &str,
+    key: &str,
+) -> Result<Option<Existing>, sqlx::Error> {
+    sqlx::query_as::<_, Existing>(
+        "SELECT request_method, request_path, fingerprint, response_status, response_body,
+                response_sealed, coalesce(locked_until < now(), false) AS lock_expired
+         FROM idempotency_keys WHERE merchant_id = $1 AND key = $2",
+    )
+    .bind(merchant_id)
+    .bind(key)
+    .fetch_optional(db)
+    .await
+}
+
+/// Takes the lock of an unanswered key whose TTL ran out, with a new token. True when `token`
+/// now holds it. If the old holder is alive after all, its token no longer matches and it can
+/// store nothing.
+pub async fn take_over(
+    db: impl PgExecutor<'_>,
+    merchant_id: &str,
+    key: &str,
+    ttl: Duration,
+    token: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let taken = sqlx::query_scalar::<_, i32>(
+        "UPDATE idempotency_keys
+         SET locked_until = now() + make_interval(secs => $3::double precision / 1000), lock_token = $4
+         WHERE merchant_id = $1 AND key = $2 AND response_status IS NULL AND locked_until < now()
+         RETURNING 1",
+    )
+    .bind(merchant_id)
+    .bind(key)
+    .bind(ttl_ms(ttl))
+    .bind(token)
+    .fetch_optional(db)
+    .await?;
+    Ok(taken.is_some())
+}
+
+/// Stores the answer (and its sealed full copy, for answers that carry a secret) and unlocks
+/// the key, only if `token` still holds the lock. False means the lock was lost: the caller
+/// must not commit anything the request did.
+#[allow(clippy::too_many_arguments)]
+pub async fn store_response(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    key: &str,
+    token: Uuid,
+    status: u16,
+    body: &[u8],
+    sealed: Option<&[u8]>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE idempotency_keys
+         SET response_status = $4, response_body = $5, response_sealed = $6,
+             locked_until = NULL, lock_token = NULL
+         WHERE merchant_id = $1 AND key = $2 AND lock_token = $3 AND response_status IS NULL",
+    )
+    .bind(merchant_id)
+    .bind(key)
+    .bind(token)
+    .bind(i32::from(status))
+    .bind(body)
+    .bind(sealed)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Frees an unanswered key `token` holds, so a retry runs at once instead of waiting out the
+/// TTL. A key whose answer was stored, or whose lock another request took over, is left alone.
+pub async fn release(
+    db: impl PgExecutor<'_>,
+    merchant_id: &str,
+    key: &str,
+    token: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM idempotency_keys
+         WHERE merchant_id = $1 AND key = $2 AND lock_token = $3 AND response_status IS NULL",
+    )
+    .bind(merchant_id)
+    .bind(key)
+    .bind(token)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Deletes keys past the retention window; the scheduler's clean-up calls this.
+pub async fn purge_expired(db: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
+    )
+    .bind(RETENTION_HOURS)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
