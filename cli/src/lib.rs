@@ -89,16 +89,15 @@ async fn database(config: &Config) -> anyhow::Result<sqlx::PgPool> {
 }
 
 pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = match cli.command {
-        // `up` is development mode unless told otherwise: it runs the whole stack on one
-        // machine with the public development secrets, and says so to what it starts.
-        Command::Up(_) => Config::from_lookup(|k| {
-            std::env::var(k).ok().filter(|v| !v.is_empty()).or_else(|| {
-                (k == paystream_shared::config::ENV_VAR).then(|| "development".to_owned())
-            })
-        })?,
-        _ => Config::from_env()?,
-    };
+    // Development mode unless told otherwise. `up` runs the whole stack on one machine with the
+    // public development secrets and says so to what it starts; the other commands never use
+    // those secrets (they sign, seal and verify nothing), so requiring them would only make an
+    // operator type them for nothing.
+    let config = Config::from_lookup(|k| {
+        std::env::var(k).ok().filter(|v| !v.is_empty()).or_else(|| {
+            (k == paystream_shared::config::ENV_VAR).then(|| "development".to_owned())
+        })
+    })?;
     match cli.command {
         Command::Up(args) => up::run(config, args).await,
         Command::Migrate => {
