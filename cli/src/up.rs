@@ -104,13 +104,12 @@ fn binary_dir() -> anyhow::Result<PathBuf> {
     Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
-/// The binaries `up` runs that are not built yet (`vault` does not exist yet, so it is not
-/// asked for).
+/// The binaries `up` runs that are not built yet.
 fn missing_binaries(dir: &Path) -> Vec<&'static str> {
     SERVICES
         .iter()
         .copied()
-        .filter(|name| *name != "vault" && !dir.join(name).is_file())
+        .filter(|name| !dir.join(name).is_file())
         .collect()
 }
 
@@ -400,6 +399,7 @@ async fn start(config: &Config, args: &UpArgs, sup: &mut Supervisor) -> anyhow::
     pool.close().await;
 
     println!("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE=true for local development: webhooks may target loopback and private addresses");
+    println!("PAYSTREAM_ENV=development: the vault uses its public development KEK and service credential unless PAYSTREAM_VAULT_KEK and PAYSTREAM_VAULT_SERVICE_TOKEN are set");
     let dir = binary_dir()?;
     build_missing_binaries(&dir).await?;
     let mut started = Vec::new();
@@ -420,6 +420,9 @@ async fn start(config: &Config, args: &UpArgs, sup: &mut Supervisor) -> anyhow::
             .env("DATABASE_URL", &db_url)
             .env("NATS_URL", &config.nats_url)
             .env("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE", "true")
+            // `up` is development mode: public development keys (the vault's KEK and service
+            // credential among them) are accepted here and nowhere else.
+            .env("PAYSTREAM_ENV", "development")
             .env(
                 "ACQUIRER_SIM_NOTIFY_URL",
                 format!("{}/api/provider/webhooks", http_url(config.api_addr)),

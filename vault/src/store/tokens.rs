@@ -1,0 +1,50 @@
+//! `vault.tokens`: single-use, short-lived handles on a record.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+pub struct NewToken<'a> {
+    pub id: &'a str,
+    pub merchant_id: &'a str,
+    pub record_id: &'a str,
+    pub kind: &'a str,
+    pub created_by: &'a str,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub async fn insert(conn: &mut PgConnection, t: NewToken<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO vault.tokens (id, merchant_id, record_id, kind, created_by, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(t.id)
+    .bind(t.merchant_id)
+    .bind(t.record_id)
+    .bind(t.kind)
+    .bind(t.created_by)
+    .bind(t.created_at)
+    .bind(t.expires_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Uses the token, once: one guarded UPDATE, so of two concurrent consumes the row lock lets
+/// exactly one see `used_at IS NULL`. Returns the record id; `None` when the token is unknown,
+/// another merchant's, expired or used.
+pub async fn consume(
+    conn: &mut PgConnection,
+    id: &str,
+    merchant_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE vault.tokens SET used_at = now()
+         WHERE id = $1 AND merchant_id = $2 AND used_at IS NULL AND expires_at > now()
+         RETURNING record_id",
+    )
+    .bind(id)
+    .bind(merchant_id)
+    .fetch_optional(conn)
+    .await
+}
