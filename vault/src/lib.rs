@@ -168,6 +168,27 @@ pub fn app(state: State) -> impl poem::Endpoint {
         .with(Tracing)
 }
 
+/// How often expired tokens (with their records) and Idempotency-Key answers are forgotten.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// Every replica runs it; the statements are idempotent, so running them twice costs nothing.
+async fn purge_loop(pool: PgPool, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(PURGE_EVERY) => {}
+        }
+        match store::tokens::purge_expired(&pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "expired tokens and their records purged"),
+            Err(e) => tracing::warn!(error = %e, "purging expired tokens failed"),
+        }
+        if let Err(e) = store::idempotency::purge_expired(&pool).await {
+            tracing::warn!(error = %e, "purging expired idempotency keys failed");
+        }
+    }
+}
+
 /// Serves the vault on `listener` until `shutdown` is cancelled, then drains requests in
 /// flight for up to 10 s.
 pub async fn run(
@@ -190,6 +211,7 @@ pub async fn run(
         "vault listening"
     );
     let acceptor = TcpAcceptor::from_std(listener).map_err(io("cannot adopt the listener"))?;
+    let purger = tokio::spawn(purge_loop(state.pool.clone(), shutdown.clone()));
     Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(
             app(state.clone()),
@@ -198,6 +220,7 @@ pub async fn run(
         )
         .await
         .map_err(io("the server failed"))?;
+    purger.abort();
     state.pool.close().await;
     tracing::info!("vault stopped");
     Ok(())

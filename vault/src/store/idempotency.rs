@@ -85,3 +85,14 @@ pub async fn store(
     .await?;
     Ok(())
 }
+
+/// Forgets answers older than [`KEEP_HOURS`].
+pub async fn purge_expired(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM vault.idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
+    )
+    .bind(KEEP_HOURS)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

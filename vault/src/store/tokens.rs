@@ -48,3 +48,23 @@ pub async fn consume(
     .fetch_optional(conn)
     .await
 }
+
+/// Forgets tokens that expired unused, with their records and data keys: a card nobody
+/// stored is not kept. One statement (the foreign keys are checked at its end), so a token
+/// consumed meanwhile (`used_at` set) is never touched, and neither is a stored record.
+pub async fn purge_expired(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "WITH t AS (
+             DELETE FROM vault.tokens WHERE used_at IS NULL AND expires_at < now()
+             RETURNING record_id
+         ), r AS (
+             DELETE FROM vault.records
+             WHERE id IN (SELECT record_id FROM t) AND stored_at IS NULL
+             RETURNING data_key_id
+         )
+         DELETE FROM vault.data_keys WHERE id IN (SELECT data_key_id FROM r)",
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -371,3 +371,68 @@ async fn two_concurrent_consumes_of_one_token_have_one_winner() {
             .unwrap();
     assert_eq!(stored, 5);
 }
+
+#[tokio::test]
+async fn an_expired_unused_token_is_forgotten_with_its_sealed_card() {
+    let h = harness().await;
+    let expired = h.card_token("4242424242424242").await;
+    let kept = h.card_token("4242424242424242").await;
+    let stored = h.stored_card("5555555555554444").await;
+    let count = |sql: &'static str| {
+        let pool = h.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let before = count("SELECT count(*) FROM vault.data_keys").await;
+    sqlx::query(
+        "UPDATE vault.tokens SET expires_at = now() - interval '1 second' WHERE id = ANY($1)",
+    )
+    .bind(vec![
+        expired["id"].as_str().unwrap().to_owned(),
+        // A used token past its expiry: its record is stored and must stay.
+        sqlx::query_scalar::<_, String>("SELECT id FROM vault.tokens WHERE record_id = $1")
+            .bind(&stored)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap(),
+    ])
+    .execute(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        paystream_vault::store::tokens::purge_expired(&h.db.pool)
+            .await
+            .unwrap(),
+        1,
+        "one data key deleted"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM vault.data_keys").await,
+        before - 1
+    );
+    assert_eq!(count("SELECT count(*) FROM vault.records").await, 2);
+    assert_eq!(count("SELECT count(*) FROM vault.tokens").await, 2);
+    h.consume(expired["id"].as_str().unwrap(), &h.merchant_id)
+        .await
+        .assert_error(400, "token_invalid");
+    assert_eq!(
+        h.consume(kept["id"].as_str().unwrap(), &h.merchant_id)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        h.forward_authorize(&stored, "pi_after_purge").await.status,
+        200
+    );
+    assert_eq!(
+        paystream_vault::store::idempotency::purge_expired(&h.db.pool)
+            .await
+            .unwrap(),
+        0
+    );
+}

@@ -196,3 +196,76 @@ async fn an_unreachable_acquirer_is_a_retryable_error_and_the_retry_charges_once
     }
     assert_eq!(h.sim_charges("pi_fwd_down").await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_vault_killed_mid_forward_causes_no_second_charge() {
+    let mut h = harness().await;
+    let vault_ref = h.stored_card("4242424242424242").await;
+    h.stop_vault().await;
+    let port = crate::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = crate::spawn_vault_binary(&h, port, "info");
+    crate::wait_healthy(&url).await;
+    // The acquirer charges, then hangs before answering; the vault dies while it waits.
+    let http = reqwest::Client::new();
+    http.post(format!("{}/sim/faults", h.sim.url))
+        .json(&json!({"timeoutRate": 1}))
+        .send()
+        .await
+        .unwrap();
+    let request = json!({
+        "merchantId": h.merchant_id, "vaultRef": vault_ref, "path": "/v1/payments",
+        "idempotencyKey": "pi_killed:authorize",
+        "body": {"reference": "pi_killed", "amount": 1099, "currency": "usd", "capture": true},
+    });
+    let in_flight = tokio::spawn({
+        let http = http.clone();
+        let url = url.clone();
+        let request = request.clone();
+        async move {
+            http.post(format!("{url}/vault/internal/forward"))
+                .bearer_auth(SERVICE_TOKEN)
+                .json(&request)
+                .send()
+                .await
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while h.sim_charges("pi_killed").await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the forward reached the acquirer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the caller never got an answer"
+    );
+
+    // Back up, the caller retries with the same key: the acquirer's stored charge answers.
+    http.post(format!("{}/sim/faults", h.sim.url))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let mut child = crate::spawn_vault_binary(&h, port, "info");
+    crate::wait_healthy(&url).await;
+    let r = http
+        .post(format!("{url}/vault/internal/forward"))
+        .bearer_auth(SERVICE_TOKEN)
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "captured");
+    let charges = h.sim_charges("pi_killed").await;
+    assert_eq!(charges.len(), 1, "{charges:?}");
+    assert_eq!(body["id"], charges[0]["id"]);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -2,8 +2,7 @@
 //! append-only, and no other crate's code touches the vault's tables.
 
 use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use serde_json::json;
 
@@ -111,37 +110,12 @@ fn vault_binary() -> std::path::PathBuf {
 #[tokio::test]
 async fn the_vault_process_never_writes_a_number_to_its_log() {
     let h = harness().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(vault_binary())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &h.db.url)
-        .env("PAYSTREAM_VAULT_ADDR", format!("127.0.0.1:{port}"))
-        .env("PAYSTREAM_ACQUIRER_URL", &h.sim.url)
-        .env("PAYSTREAM_VAULT_KEK", b64(&KEK_A))
-        .env("PAYSTREAM_VAULT_SERVICE_TOKEN", SERVICE_TOKEN)
-        .env("PAYSTREAM_DB_POOL_SIZE", "2")
-        // Everything the vault and its libraries would say, request tracing included.
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the vault binary");
+    // Everything the vault and its libraries would say, request tracing included.
+    let mut child = crate::spawn_vault_binary(&h, port, "debug");
+    crate::wait_healthy(&url).await;
     let http = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..300 {
-        if http.get(format!("{url}/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the vault binary answered /healthz");
     let post = |path: String, bearer: String, body: serde_json::Value| {
         let http = http.clone();
         async move {

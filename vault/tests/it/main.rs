@@ -288,6 +288,43 @@ impl Harness {
     }
 }
 
+/// The real `vault` binary on `port`, against this harness's database and simulator.
+pub fn spawn_vault_binary(h: &Harness, port: u16, rust_log: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_vault"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &h.db.url)
+        .env("PAYSTREAM_VAULT_ADDR", format!("127.0.0.1:{port}"))
+        .env("PAYSTREAM_ACQUIRER_URL", &h.sim.url)
+        .env("PAYSTREAM_VAULT_KEK", b64(&KEK_A))
+        .env("PAYSTREAM_VAULT_SERVICE_TOKEN", SERVICE_TOKEN)
+        .env("PAYSTREAM_DB_POOL_SIZE", "2")
+        .env("RUST_LOG", rust_log)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the vault binary")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn wait_healthy(url: &str) {
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if http.get(format!("{url}/healthz")).send().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the vault at {url} never answered /healthz");
+}
+
 pub fn card(number: &str) -> Value {
     json!({"card": {"number": number, "expMonth": 12, "expYear": 2099, "cvc": "123"}})
 }
