@@ -154,7 +154,7 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
                 println!(
-                    "{:<38} {:<24} {:<10} {:<9} {:<8} CREATED",
+                    "{:<38} {:<24} {:<10} {:<11} {:<8} CREATED",
                     "ID", "MERCHANT", "PREFIX", "ROLE", "STATE"
                 );
                 for k in keys {
@@ -164,7 +164,7 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
                         "active"
                     };
                     println!(
-                        "{:<38} {:<24} {:<10} {:<9} {:<8} {}",
+                        "{:<38} {:<24} {:<10} {:<11} {:<8} {}",
                         k.id,
                         k.merchant_name,
                         format!("{}…", k.key_prefix),

@@ -269,3 +269,37 @@ async fn a_vault_killed_mid_forward_causes_no_second_charge() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn the_client_paystream_uses_consumes_and_forwards() {
+    let h = harness().await;
+    let client = paystream_vault::client::VaultClient::new(
+        h.url(),
+        paystream_shared::secret::Secret::new(SERVICE_TOKEN.to_owned()),
+    )
+    .unwrap();
+    let tok = h.card_token("5555555555554444").await;
+    let id = tok["id"].as_str().unwrap();
+    let stored = client.consume(id, &h.merchant_id).await.unwrap().unwrap();
+    assert_eq!(stored["card"]["last4"], "4444");
+    let (status, refused) = client
+        .consume(id, &h.merchant_id)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status, 400);
+    assert_eq!(refused["error"]["code"], "token_invalid");
+    let (status, charge) = client
+        .forward(
+            &h.merchant_id,
+            stored["vaultRef"].as_str().unwrap(),
+            "/v1/payments",
+            &json!({"reference": "pi_client", "amount": 250, "currency": "eur", "capture": false}),
+            "pi_client:authorize",
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{charge}");
+    assert_eq!(charge["status"], "authorized");
+    assert_eq!(h.sim_charges("pi_client").await.len(), 1);
+}
