@@ -12,7 +12,7 @@
 //!
 //! | call | body | answers |
 //! |---|---|---|
-//! | `POST /v1/payments` | `{reference, amount, currency, paymentMethod? \| card?: {number, expMonth, expYear, cvc}, capture, returnUrl?}` | 200 charge (`captured`, `authorized` or `requires_action` with `redirectUrl`); 402 decline; 400; 500 `processing_error` |
+//! | `POST /v1/payments` | `{reference, amount, currency, paymentMethod? \| card?: {number, expMonth, expYear, cvc?} \| bankAccount?: {country, routingNumber, accountNumber, accountHolderName, accountHolderType?}, capture, returnUrl?}` | 200 charge (`captured`, `authorized` or `requires_action` with `redirectUrl`); 402 decline; 400; 500 `processing_error` |
 //! | `POST /v1/payments/{id}/capture` | `{amount?}` (default: all) | 200 charge `captured`; 404; 409 `charge_already_captured` / `charge_not_capturable`; 400 `amount_too_large` |
 //! | `POST /v1/payments/{id}/void` | `{}` or empty | 200 charge `voided` (from `authorized` or `requires_action`); 404; 409 |
 //! | `POST /v1/refunds` | `{payment, amount, reference}` (`reference` is the caller's refund id) | 200 `{id: "rf_…", payment, reference, amount, currency, status, createdAt, failureReason?}` with status `succeeded`, or `pending` under asynchronous settlement; 404; 409 unless captured; 400 `amount_too_large` beyond what is left |
@@ -24,8 +24,10 @@
 //! `captured`, `voided`, `refunded` (captured and refunded in full) or `declined`.
 //!
 //! Exactly one of `paymentMethod` (a `pm_card_*` / `pm_bank_account` test id, mapped through
-//! [`paystream_domain::payment_intent::TEST_PAYMENT_METHODS`]; an unknown id is a 400)
-//! and `card` is sent. The verdict, by number:
+//! [`paystream_domain::payment_intent::TEST_PAYMENT_METHODS`]; an unknown id is a 400),
+//! `card` and `bankAccount` is sent. `card` and `bankAccount` carry real numbers and come only
+//! from the vault's forward; a card on file comes without `cvc`. The verdict, by card or
+//! account number:
 //! - 4242424242424242, 5555555555554444, 000123456789 (bank account): approved,
 //!   `captured` when `capture` is true, else `authorized`.
 //! - 4000000000000259: approved like the above, and marked as one its holder will dispute.

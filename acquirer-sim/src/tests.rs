@@ -1081,3 +1081,47 @@ async fn without_a_notification_url_nothing_is_queued() {
     let now = h.get("/v1/refunds?reference=re_q").await;
     assert_eq!(now.body["data"][0]["status"], "succeeded");
 }
+
+#[tokio::test]
+async fn stored_cards_without_cvc_and_bank_accounts_are_charged_by_number() {
+    let h = harness();
+    let mut body = card_payment("pi_on_file", "4242424242424242", 2099);
+    body["card"].as_object_mut().unwrap().remove("cvc");
+    let a = h
+        .post("/v1/payments", Some("pi_on_file:authorize"), &body)
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["status"], "captured");
+    let mut declined = card_payment("pi_on_file_2", "4000000000000002", 2099);
+    declined["card"].as_object_mut().unwrap().remove("cvc");
+    let a = h
+        .post("/v1/payments", Some("pi_on_file_2:authorize"), &declined)
+        .await;
+    assert_eq!(a.status, 402, "{}", a.body);
+
+    let bank = |reference: &str, account: &str| {
+        json!({
+            "reference": reference, "amount": 700, "currency": "usd", "capture": true,
+            "bankAccount": {"country": "US", "routingNumber": "110000000", "accountNumber": account,
+                            "accountHolderName": "Jenny Rosen", "accountHolderType": "individual"}
+        })
+    };
+    let a = h
+        .post(
+            "/v1/payments",
+            Some("pi_bank_ok:authorize"),
+            &bank("pi_bank_ok", "000123456789"),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["status"], "captured");
+    let a = h
+        .post(
+            "/v1/payments",
+            Some("pi_bank_bad:authorize"),
+            &bank("pi_bank_bad", "12"),
+        )
+        .await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "account_number_invalid");
+}

@@ -88,6 +88,12 @@ pub async fn guard<E: Endpoint>(
     if let Err(limited) = limiter.check(&owner.key_id, Instant::now()) {
         return Err(ApiError::rate_limited(limited.retry_after_secs).into());
     }
+    if !owner.role.may_use_api() {
+        return Err(ApiError::forbidden(
+            "A publishable key may only create tokens at the vault (POST /vault/tokens).",
+        )
+        .into());
+    }
     if req.method() != Method::GET && !owner.role.may_write() {
         return Err(
             ApiError::forbidden(format!("A `{}` key may only read.", owner.role.as_str())).into(),

@@ -51,15 +51,36 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Operate the vault.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Re-wrap every data key under the vault's current KEK (`PAYSTREAM_VAULT_KEK`), in
+    /// committed batches, while the system runs. Start the vault with the new KEK and the old one
+    /// as `PAYSTREAM_VAULT_KEK_PREVIOUS` first; once this reports 0 remaining, the old KEK is
+    /// no longer needed. Safe to interrupt and run again.
+    RotateKek {
+        /// The vault's URL (default: `http://` + PAYSTREAM_VAULT_ADDR).
+        #[arg(long)]
+        vault_url: Option<String>,
+        #[arg(long, default_value_t = 500)]
+        batch_size: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Create a secret key (and the merchant, if new). The key is the last word of the last line.
+    /// Create a key (and the merchant, if new): `sk_…`, or `pk_…` with `--role publishable`.
+    /// The key is the last word of the last line.
     Create {
         #[arg(long)]
         merchant: String,
-        #[arg(long, default_value = "admin", value_parser = ["admin", "read_only"])]
+        #[arg(long, default_value = "admin", value_parser = ["admin", "read_only", "publishable"])]
         role: String,
     },
     /// List keys (never the secrets: only their first characters).
@@ -113,6 +134,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Verify { json },
         } => audit_verify(&config, json).await,
+        Command::Vault {
+            command:
+                VaultCommand::RotateKek {
+                    vault_url,
+                    batch_size,
+                },
+        } => rotate_kek(&config, vault_url, batch_size).await,
     }
 }
 
@@ -125,8 +153,13 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
             let key = merchants::create_key(&mut conn, &merchant, role, None).await?;
             println!("merchant {} ({})", key.merchant_name, key.merchant_id);
             println!("key {} role {}", key.key_id, key.role.as_str());
-            // The secret is printed once, here, and stored nowhere but as a hash.
-            println!("secret key: {}", key.secret.expose());
+            // The key is printed once, here, and stored nowhere but as a hash.
+            let label = if key.role == Role::Publishable {
+                "publishable key"
+            } else {
+                "secret key"
+            };
+            println!("{label}: {}", key.secret.expose());
         }
         KeysCommand::List { json } => {
             let keys = merchants::list_keys(&pool).await?;
@@ -134,7 +167,7 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
                 println!(
-                    "{:<38} {:<24} {:<10} {:<9} {:<8} CREATED",
+                    "{:<38} {:<24} {:<10} {:<11} {:<8} CREATED",
                     "ID", "MERCHANT", "PREFIX", "ROLE", "STATE"
                 );
                 for k in keys {
@@ -144,7 +177,7 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
                         "active"
                     };
                     println!(
-                        "{:<38} {:<24} {:<10} {:<9} {:<8} {}",
+                        "{:<38} {:<24} {:<10} {:<11} {:<8} {}",
                         k.id,
                         k.merchant_name,
                         format!("{}…", k.key_prefix),
@@ -164,6 +197,29 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Drives the vault's re-wrap endpoint: the CLI holds neither KEK nor any card data, only the
+/// service credential; the vault does the re-wrapping.
+async fn rotate_kek(
+    config: &Config,
+    vault_url: Option<String>,
+    batch_size: u32,
+) -> anyhow::Result<ExitCode> {
+    let token = paystream_vault::config::service_token(|k| std::env::var(k).ok())?;
+    let url = vault_url.unwrap_or_else(|| format!("http://{}", config.vault_addr));
+    let client = paystream_vault::client::VaultClient::new(&url, token)?;
+    let total = client
+        .rotate_kek(batch_size, |p| {
+            println!(
+                "re-wrapped {} data keys, {} remaining",
+                p.rewrapped, p.remaining
+            );
+        })
+        .await
+        .with_context(|| format!("rotating the KEK through the vault at {url}"))?;
+    println!("done: {total} data keys re-wrapped; every data key is wrapped by the current KEK");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -104,13 +104,12 @@ fn binary_dir() -> anyhow::Result<PathBuf> {
     Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
-/// The binaries `up` runs that are not built yet (`vault` does not exist yet, so it is not
-/// asked for).
+/// The binaries `up` runs that are not built yet.
 fn missing_binaries(dir: &Path) -> Vec<&'static str> {
     SERVICES
         .iter()
         .copied()
-        .filter(|name| *name != "vault" && !dir.join(name).is_file())
+        .filter(|name| !dir.join(name).is_file())
         .collect()
 }
 
@@ -405,6 +404,7 @@ async fn start(config: &Config, args: &UpArgs, sup: &mut Supervisor) -> anyhow::
         println!("PAYSTREAM_ENV=development: secrets not set use their public development values");
     }
     println!("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE=true for local development: webhooks may target loopback and private addresses");
+    println!("PAYSTREAM_ENV=development: the vault uses its public development KEK and service credential unless PAYSTREAM_VAULT_KEK and PAYSTREAM_VAULT_SERVICE_TOKEN are set");
     let dir = binary_dir()?;
     build_missing_binaries(&dir).await?;
     let mut started = Vec::new();

@@ -82,6 +82,28 @@ async fn keys_create_list_revoke() {
     let (ok, _, _) =
         run(paystream(&db).args(["keys", "create", "--merchant", "x", "--role", "root"]));
     assert!(!ok, "unknown roles are refused");
+    let (ok, out, _) = run(paystream(&db).args([
+        "keys",
+        "create",
+        "--merchant",
+        "acme",
+        "--role",
+        "publishable",
+    ]));
+    assert!(ok, "{out}");
+    let pk = out.split_whitespace().last().unwrap();
+    assert!(
+        pk.starts_with("pk_") && out.contains("publishable key: pk_"),
+        "{out}"
+    );
+    let owner = paystream_shared::store::merchants::authenticate(&db.pool, pk)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        owner.role,
+        paystream_shared::store::merchants::Role::Publishable
+    );
 }
 
 #[tokio::test]
@@ -276,6 +298,37 @@ async fn up_with_a_bootstrap_key_runs_the_api_and_never_logs_a_card_number() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+
+    // The vault answers at READY's `vault=`: a card becomes a token there, never at the API.
+    let vault = field(ready, "vault");
+    let r = http
+        .post(format!("{vault}/vault/tokens"))
+        .bearer_auth("sk_bootstrap_test_0123456789")
+        .json(&serde_json::json!({"card": {"number": "4242424242424242", "expMonth": 12, "expYear": 2099, "cvc": "123"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let token: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(token["card"]["last4"], "4242");
+    // `up` runs in development mode, so the operator's command reaches the vault with the
+    // development service credential; the KEK did not change, so nothing needs re-wrapping.
+    let (ok, out, err) = run(paystream(&db).env("PAYSTREAM_ENV", "development").args([
+        "vault",
+        "rotate-kek",
+        "--vault-url",
+        vault,
+    ]));
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("done: 0 data keys re-wrapped"), "{out}");
+    let (ok, _, err) = run(paystream(&db)
+        .env_remove("PAYSTREAM_ENV")
+        .env_remove("PAYSTREAM_VAULT_SERVICE_TOKEN")
+        .args(["vault", "rotate-kek", "--vault-url", vault]));
+    assert!(
+        !ok && err.contains("PAYSTREAM_VAULT_SERVICE_TOKEN"),
+        "{err}"
+    );
 
     let status = up.stderr.clone();
     let exit = up.stop();

@@ -19,6 +19,8 @@ pub enum Role {
     Admin,
     /// GET only: dashboards and reporting jobs that must never move money.
     ReadOnly,
+    /// A `pk_` key that may sit in a browser: it may only create vault tokens.
+    Publishable,
 }
 
 impl Role {
@@ -26,6 +28,7 @@ impl Role {
         match self {
             Role::Admin => "admin",
             Role::ReadOnly => "read_only",
+            Role::Publishable => "publishable",
         }
     }
 
@@ -33,10 +36,11 @@ impl Role {
         match raw {
             "admin" => Ok(Role::Admin),
             "read_only" => Ok(Role::ReadOnly),
+            "publishable" => Ok(Role::Publishable),
             _ => Err(DomainError::new(
                 "parameter_invalid",
                 Some("role".into()),
-                "role must be `admin` or `read_only`",
+                "role must be `admin`, `read_only` or `publishable`",
             )),
         }
     }
@@ -44,6 +48,25 @@ impl Role {
     /// The one check point for what a role may do.
     pub fn may_write(self) -> bool {
         matches!(self, Role::Admin)
+    }
+
+    /// Whether the key may call the paystream API (`/api`) at all: a publishable key may not.
+    pub fn may_use_api(self) -> bool {
+        !matches!(self, Role::Publishable)
+    }
+
+    /// Whether the key may create vault tokens: publishable keys and every secret key that
+    /// may write.
+    pub fn may_tokenize(self) -> bool {
+        matches!(self, Role::Publishable) || self.may_write()
+    }
+
+    /// What a new key of this role starts with: `pk_` for publishable keys, `sk_` otherwise.
+    pub fn key_prefix(self) -> &'static str {
+        match self {
+            Role::Publishable => "pk_",
+            _ => "sk_",
+        }
     }
 }
 
@@ -82,12 +105,17 @@ pub fn hash_secret(secret: &str) -> Vec<u8> {
 }
 
 pub fn generate_secret() -> String {
+    generate_key(Role::Admin)
+}
+
+/// A new random key for `role` (`sk_…` or `pk_…`, 40 random characters after the prefix).
+pub fn generate_key(role: Role) -> String {
     let body: String = rand::thread_rng()
         .sample_iter(&Alphanumeric)
         .take(40)
         .map(char::from)
         .collect();
-    format!("sk_{body}")
+    format!("{}{body}", role.key_prefix())
 }
 
 /// The merchant named `name`, created if missing.
@@ -113,7 +141,9 @@ pub async fn create_key(
     secret: Option<&str>,
 ) -> Result<NewKey, StoreError> {
     let merchant_id = ensure_merchant(conn, name).await?;
-    let secret = secret.map(str::to_owned).unwrap_or_else(generate_secret);
+    let secret = secret
+        .map(str::to_owned)
+        .unwrap_or_else(|| generate_key(role));
     let key_id = IdKind::ApiKey.generate();
     let prefix: String = secret.chars().take(7).collect();
     sqlx::query("INSERT INTO api_keys (id, merchant_id, key_hash, key_prefix, role) VALUES ($1, $2, $3, $4, $5)")
@@ -215,5 +245,9 @@ mod tests {
         assert!(!Role::parse("read_only").unwrap().may_write());
         assert!(Role::parse("root").is_err());
         assert_eq!(Role::ReadOnly.as_str(), "read_only");
+        let pk = Role::parse("publishable").unwrap();
+        assert!(!pk.may_write() && !pk.may_use_api() && pk.may_tokenize());
+        assert!(Role::Admin.may_tokenize() && !Role::ReadOnly.may_tokenize());
+        assert!(generate_key(pk).starts_with("pk_") && generate_key(pk).len() == 43);
     }
 }

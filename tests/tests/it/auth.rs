@@ -153,3 +153,36 @@ async fn a_key_over_its_rate_gets_429_with_retry_after_and_recovers() {
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
 }
+
+#[tokio::test]
+async fn publishable_keys_are_refused_by_every_api_route() {
+    let app = spawn_app().await;
+    let pi = app.create_intent(json!({})).await;
+    let mut conn = app.pool.acquire().await.unwrap();
+    let pk = merchants::create_key(&mut conn, "acme", Role::Publishable, None)
+        .await
+        .unwrap();
+    let secret = pk.secret.expose().clone();
+    assert!(secret.starts_with("pk_"), "a publishable key is a pk_ key");
+    let id = pi["id"].as_str().unwrap();
+    for (method, path) in [
+        (reqwest::Method::GET, format!("/api/payment-intents/{id}")),
+        (reqwest::Method::GET, "/api/payment-intents".to_owned()),
+        (reqwest::Method::POST, "/api/payment-intents".to_owned()),
+        (
+            reqwest::Method::POST,
+            format!("/api/payment-intents/{id}/cancel"),
+        ),
+        (reqwest::Method::GET, "/api/events".to_owned()),
+    ] {
+        let body = (method == reqwest::Method::POST)
+            .then(|| json!({"amount": 1, "currency": "usd", "customerId": "c"}));
+        let r = app
+            .request(method.clone(), &path, Some(&secret), None, body)
+            .await;
+        r.assert_error(403, "role_not_allowed");
+    }
+    let r = app.get(&format!("/api/payment-intents/{id}")).await;
+    assert_eq!(r.status, 200, "the intent was left alone: {}", r.text);
+    assert_eq!(r.body["status"], pi["status"]);
+}
