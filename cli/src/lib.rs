@@ -115,9 +115,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     // those secrets (they sign, seal and verify nothing), so requiring them would only make an
     // operator type them for nothing.
     let config = Config::from_lookup(|k| {
-        std::env::var(k).ok().filter(|v| !v.is_empty()).or_else(|| {
-            (k == paystream_shared::config::ENV_VAR).then(|| "development".to_owned())
-        })
+        std::env::var(k)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| (k == paystream_shared::config::ENV_VAR).then(|| "development".to_owned()))
     })?;
     match cli.command {
         Command::Up(args) => up::run(config, args).await,

@@ -52,7 +52,17 @@ impl VaultConfig {
     }
 
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let shared = Config::from_lookup(&lookup)?;
+        // The vault shares paystream's addresses and pool settings but none of its secrets
+        // (the webhook sealing key, the acquirer's notification secret), so those are read in
+        // development mode: their rule is not the vault's to enforce. The vault's own secrets
+        // follow the same rule below, on the real PAYSTREAM_ENV.
+        let shared = Config::from_lookup(|k| {
+            if k == paystream_shared::config::ENV_VAR {
+                Some("development".to_owned())
+            } else {
+                lookup(k)
+            }
+        })?;
         let get = |var: &str| lookup(var).filter(|v| !v.is_empty());
         let development = get("PAYSTREAM_ENV").as_deref() == Some("development");
         let required = |var: &'static str, dev_default: &str, what: &str| {
