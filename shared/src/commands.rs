@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 pub const SUBJECT_PAYMENT_CONFIRM: &str = "cmd.payment.confirm";
 pub const SUBJECT_PAYMENT_CAPTURE: &str = "cmd.payment.capture";
 pub const SUBJECT_PAYMENT_CANCEL: &str = "cmd.payment.cancel";
+pub const SUBJECT_PAYMENT_RETURN: &str = "cmd.payment.return";
 pub const SUBJECT_REFUND_PROCESS: &str = "cmd.refund.process";
 pub const SUBJECT_WEBHOOK_DELIVER: &str = "cmd.webhook.deliver";
 pub const SUBJECT_PROVIDER_EVENT: &str = "cmd.provider_event.process";
@@ -29,6 +30,15 @@ pub enum PaymentCommand {
     CancelV1 {
         payment_intent_id: String,
         merchant_id: String,
+    },
+    /// Gives back the money of a charge the acquirer holds for an intent that is `failed` or
+    /// `canceled` (an orphan charge): voided if only authorized, refunded if captured, with
+    /// idempotency keys derived from the charge, so it happens once however often it is sent.
+    #[serde(rename = "payment.return_orphan.v1", rename_all = "camelCase")]
+    ReturnOrphanV1 {
+        payment_intent_id: String,
+        merchant_id: String,
+        charge_id: String,
     },
 }
 
@@ -56,6 +66,7 @@ impl PaymentCommand {
             PaymentCommand::ConfirmV1 { .. } => SUBJECT_PAYMENT_CONFIRM,
             PaymentCommand::CaptureV1 { .. } => SUBJECT_PAYMENT_CAPTURE,
             PaymentCommand::CancelV1 { .. } => SUBJECT_PAYMENT_CANCEL,
+            PaymentCommand::ReturnOrphanV1 { .. } => SUBJECT_PAYMENT_RETURN,
         }
     }
 
@@ -68,6 +79,9 @@ impl PaymentCommand {
                 payment_intent_id, ..
             }
             | PaymentCommand::CancelV1 {
+                payment_intent_id, ..
+            }
+            | PaymentCommand::ReturnOrphanV1 {
                 payment_intent_id, ..
             } => payment_intent_id,
         }
@@ -153,6 +167,14 @@ mod tests {
             .subject(),
             SUBJECT_PAYMENT_CANCEL
         );
+        let orphan = PaymentCommand::ReturnOrphanV1 {
+            payment_intent_id: "pi_4".into(),
+            merchant_id: "m".into(),
+            charge_id: "ch_4".into(),
+        };
+        assert_eq!(orphan.subject(), SUBJECT_PAYMENT_RETURN);
+        assert_eq!(orphan.to_json()["type"], "payment.return_orphan.v1");
+        assert_eq!(orphan.to_json()["chargeId"], "ch_4");
         assert!(
             serde_json::from_str::<PaymentCommand>(r#"{"type":"payment.confirm.v9"}"#).is_err()
         );

@@ -28,6 +28,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::Retryable;
+use paystream_shared::domain::money::Amount;
+use paystream_shared::domain::outcome::ChargeOutcome;
+use paystream_shared::domain::payment_intent::PaymentError;
 use paystream_shared::retry::RetrySchedule;
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -134,6 +137,41 @@ pub enum PaymentOutcome {
     },
 }
 
+impl PaymentOutcome {
+    /// The outcome in the domain's terms, which decide what it does to the intent.
+    pub fn into_charge_outcome(self) -> ChargeOutcome {
+        match self {
+            PaymentOutcome::Captured { charge_id, amount } => ChargeOutcome::Captured {
+                charge_id,
+                amount_received: Amount::from_stored(amount),
+            },
+            PaymentOutcome::Authorized { charge_id, amount } => ChargeOutcome::Authorized {
+                charge_id,
+                amount_capturable: Amount::from_stored(amount),
+            },
+            PaymentOutcome::Declined {
+                code,
+                decline_code,
+                message,
+            } => ChargeOutcome::Declined {
+                charge_id: None,
+                error: PaymentError {
+                    code,
+                    decline_code,
+                    message,
+                },
+            },
+            PaymentOutcome::ActionRequired {
+                charge_id,
+                redirect_url,
+            } => ChargeOutcome::RequiresAction {
+                charge_id,
+                redirect_url,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChargeStatus {
@@ -160,6 +198,49 @@ pub struct Charge {
     #[serde(default)]
     pub amount_refunded: i64,
     pub redirect_url: Option<String>,
+}
+
+impl Charge {
+    /// What the charge, as the acquirer holds it, says about the payment: `None` for a voided
+    /// charge, which decided nothing an intent could move to.
+    pub fn outcome(&self) -> Option<ChargeOutcome> {
+        let charge_id = self.id.clone();
+        Some(match self.status {
+            ChargeStatus::Captured | ChargeStatus::Refunded => ChargeOutcome::Captured {
+                charge_id,
+                amount_received: Amount::from_stored(self.amount_captured),
+            },
+            ChargeStatus::Authorized => ChargeOutcome::Authorized {
+                charge_id,
+                amount_capturable: Amount::from_stored(self.amount),
+            },
+            ChargeStatus::Declined => ChargeOutcome::Declined {
+                charge_id: Some(charge_id),
+                error: PaymentError {
+                    code: "card_declined".into(),
+                    decline_code: None,
+                    message: "The acquirer declined the payment".into(),
+                },
+            },
+            ChargeStatus::RequiresAction => ChargeOutcome::RequiresAction {
+                charge_id,
+                redirect_url: self.redirect_url.clone().unwrap_or_default(),
+            },
+            ChargeStatus::Voided => return None,
+        })
+    }
+
+    /// What of the charge is still the customer's money at the acquirer: captured and not
+    /// refunded.
+    pub fn refundable(&self) -> i64 {
+        match self.status {
+            ChargeStatus::Captured => self
+                .amount_captured
+                .saturating_sub(self.amount_refunded)
+                .max(0),
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -329,6 +329,9 @@ impl PaymentIntentsApi {
             canceled_at: None,
             cancellation_reason: None,
             acquirer_charge_id: None,
+            version: 0,
+            amount_to_capture: None,
+            void_confirmed_at: None,
             created_at: now,
             updated_at: now,
         };
@@ -519,7 +522,9 @@ impl PaymentIntentsApi {
             PaymentIntentStatus::Processing,
             &auth.actor(),
             None,
-            |_| {},
+            // Recorded with the transition, so whoever finishes the capture later (the worker,
+            // reconciliation, a replayed dead letter) captures this and not the whole hold.
+            |pi| pi.amount_to_capture = Some(amount),
         )
         .await
         .map_err(ApiError::from)?;

@@ -7,6 +7,7 @@ mod chaos;
 mod deadlines;
 mod idempotency;
 mod intents;
+mod money_paths;
 mod ops;
 mod pipeline;
 mod provider;
