@@ -358,16 +358,30 @@ impl ConfirmWorker {
                     }
                 }
             }
-            // Voided, declined or refunded already: the customer has nothing to get back.
-            _ => {
-                if intent.status == PaymentIntentStatus::Canceled {
-                    return self.void_confirmed(intent, delivery).await;
+            // Voided, declined or refunded already: the customer has nothing to get back. If
+            // the refund was ours, from a delivery that failed before it could record it, it
+            // is recorded and reported now.
+            _ => match self
+                .acquirer
+                .refund_by_reference(&orphan_refund_reference(&charge.id))
+                .await
+            {
+                Ok(Some(receipt)) => json!({"chargeId": charge.id, "returned": "refunded",
+                    "amount": receipt.amount, "acquirerRefundId": receipt.id}),
+                Ok(None) if intent.status == PaymentIntentStatus::Canceled => {
+                    return self.void_confirmed(intent, delivery).await
                 }
-                return Outcome::Ack;
-            }
+                Ok(None) => return Outcome::Ack,
+                Err(e) => return self.retry_after(e.to_string(), delivery),
+            },
         };
         let recorded = async {
             let mut tx = self.pool.begin().await?;
+            // The intent's row first, then its audit chain: the order every other writer of
+            // this intent takes its locks in.
+            if intent.status == PaymentIntentStatus::Canceled {
+                store::mark_void_confirmed(&mut tx, intent, &Actor::Worker(WORKER)).await?;
+            }
             audit::append(
                 &mut tx,
                 NewEntry {
@@ -381,9 +395,6 @@ impl ConfirmWorker {
                 },
             )
             .await?;
-            if intent.status == PaymentIntentStatus::Canceled {
-                store::mark_void_confirmed(&mut tx, intent, &Actor::Worker(WORKER)).await?;
-            }
             tx.commit().await?;
             Ok::<(), StoreError>(())
         }
