@@ -14,16 +14,24 @@ pub const SUBJECT_PROVIDER_EVENT: &str = "cmd.provider_event.process";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum PaymentCommand {
+    /// `intent_version` is the intent's version when the command was issued (see
+    /// `store::payment_intents::next_version`): a worker finding another version knows the
+    /// command is for a state the intent has left. Optional, so a message written before it
+    /// existed still decodes.
     #[serde(rename = "payment.confirm.v1", rename_all = "camelCase")]
     ConfirmV1 {
         payment_intent_id: String,
         merchant_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        intent_version: Option<i64>,
     },
     #[serde(rename = "payment.capture.v1", rename_all = "camelCase")]
     CaptureV1 {
         payment_intent_id: String,
         merchant_id: String,
         amount_to_capture: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        intent_version: Option<i64>,
     },
     /// Voids an authorization at the acquirer after the intent was canceled.
     #[serde(rename = "payment.cancel.v1", rename_all = "camelCase")]
@@ -144,6 +152,7 @@ mod tests {
         let c = PaymentCommand::ConfirmV1 {
             payment_intent_id: "pi_1".into(),
             merchant_id: "mer_1".into(),
+            intent_version: None,
         };
         let v = c.to_json();
         assert_eq!(
@@ -157,8 +166,24 @@ mod tests {
             payment_intent_id: "pi_2".into(),
             merchant_id: "m".into(),
             amount_to_capture: 5,
+            intent_version: Some(7),
         };
         assert_eq!(cap.subject(), SUBJECT_PAYMENT_CAPTURE);
+        assert_eq!(cap.to_json()["intentVersion"], 7);
+        assert_eq!(
+            serde_json::from_value::<PaymentCommand>(cap.to_json()).unwrap(),
+            cap
+        );
+        // A capture queued before commands carried the version still decodes.
+        let old = serde_json::json!({"type": "payment.capture.v1", "paymentIntentId": "pi_2",
+                                     "merchantId": "m", "amountToCapture": 5});
+        assert!(matches!(
+            serde_json::from_value::<PaymentCommand>(old).unwrap(),
+            PaymentCommand::CaptureV1 {
+                intent_version: None,
+                ..
+            }
+        ));
         assert_eq!(
             PaymentCommand::CancelV1 {
                 payment_intent_id: "pi_3".into(),

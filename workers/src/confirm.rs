@@ -61,12 +61,21 @@ impl ConfirmWorker {
         store::get(&self.pool, merchant_id, id).await
     }
 
-    async fn confirm(&self, id: &str, merchant_id: &str, delivery: &DeliveryInfo) -> Outcome {
+    async fn confirm(
+        &self,
+        id: &str,
+        merchant_id: &str,
+        version: Option<i64>,
+        delivery: &DeliveryInfo,
+    ) -> Outcome {
         let intent = match self.load(id, merchant_id).await {
             Ok(Some(pi)) => pi,
             Ok(None) => return Outcome::DeadLetter(format!("payment intent {id} does not exist")),
             Err(e) => return self.retry_after(e.to_string(), delivery),
         };
+        if is_stale(&intent, version) {
+            return Outcome::Ack;
+        }
         // Only a `processing` intent without a charge is waiting for its authorization; a
         // capture in flight also sits in `processing`, but already has its charge.
         if intent.status != PaymentIntentStatus::Processing || intent.acquirer_charge_id.is_some() {
@@ -203,6 +212,7 @@ impl ConfirmWorker {
         id: &str,
         merchant_id: &str,
         amount: i64,
+        version: Option<i64>,
         delivery: &DeliveryInfo,
     ) -> Outcome {
         let intent = match self.load(id, merchant_id).await {
@@ -210,6 +220,9 @@ impl ConfirmWorker {
             Ok(None) => return Outcome::DeadLetter(format!("payment intent {id} does not exist")),
             Err(e) => return self.retry_after(e.to_string(), delivery),
         };
+        if is_stale(&intent, version) {
+            return Outcome::Ack;
+        }
         let Some(charge_id) = intent.acquirer_charge_id.clone() else {
             return Outcome::DeadLetter(format!(
                 "payment intent {id} has no authorization to capture"
@@ -410,6 +423,17 @@ impl ConfirmWorker {
     }
 }
 
+/// Whether a command issued for intent version `version` finds the intent at another one: it
+/// was issued for a state the intent has left (a redelivery after the intent moved on, or a
+/// confirm meeting the `processing` of a later capture), so it must not call the acquirer.
+fn is_stale(intent: &PaymentIntent, version: Option<i64>) -> bool {
+    let stale = version.is_some_and(|v| v != intent.version);
+    if stale {
+        tracing::info!(payment_intent = %intent.id, version = intent.version, issued_for = ?version, "command is for an earlier state of the intent; acking");
+    }
+    stale
+}
+
 /// Our reference for the refund that returns an orphan charge: derived from the charge, so the
 /// refund's idempotency key is too, and the charge is refunded once.
 pub fn orphan_refund_reference(charge_id: &str) -> String {
@@ -425,19 +449,22 @@ impl Handler for ConfirmWorker {
             PaymentCommand::ConfirmV1 {
                 payment_intent_id,
                 merchant_id,
+                intent_version,
             } => {
-                self.confirm(&payment_intent_id, &merchant_id, delivery)
+                self.confirm(&payment_intent_id, &merchant_id, intent_version, delivery)
                     .await
             }
             PaymentCommand::CaptureV1 {
                 payment_intent_id,
                 merchant_id,
                 amount_to_capture,
+                intent_version,
             } => {
                 self.capture(
                     &payment_intent_id,
                     &merchant_id,
                     amount_to_capture,
+                    intent_version,
                     delivery,
                 )
                 .await

@@ -145,6 +145,7 @@ async fn reconcile_intent(
             let command = PaymentCommand::ConfirmV1 {
                 payment_intent_id: intent.id.clone(),
                 merchant_id: intent.merchant_id.clone(),
+                intent_version: Some(intent.version),
             };
             requeue(&mut tx, &intent, command).await?;
             Fix::Requeued
@@ -176,6 +177,7 @@ async fn apply_charge(
             payment_intent_id: intent.id.clone(),
             merchant_id: intent.merchant_id.clone(),
             amount_to_capture: amount,
+            intent_version: Some(intent.version),
         };
         requeue(conn, intent, command).await?;
         return Ok(Fix::Requeued);

@@ -219,6 +219,8 @@ async fn start_confirm(
     let command = PaymentCommand::ConfirmV1 {
         payment_intent_id: intent.id.clone(),
         merchant_id: intent.merchant_id.clone(),
+        // Queued with the transition below, so it is for the version that transition writes.
+        intent_version: Some(store::next_version(&intent)),
     };
     let processing = store::transition_queueing(
         conn,
@@ -532,6 +534,7 @@ impl PaymentIntentsApi {
             payment_intent_id: intent.id.clone(),
             merchant_id: intent.merchant_id.clone(),
             amount_to_capture: amount.minor_units(),
+            intent_version: Some(intent.version),
         };
         outbox::enqueue(&mut tx, command.subject(), &command.to_json())
             .await

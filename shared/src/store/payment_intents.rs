@@ -244,6 +244,12 @@ pub async fn exists<'e>(
     .await?)
 }
 
+/// The version `current` has after its next write: what a command queued with that write
+/// carries.
+pub fn next_version(current: &PaymentIntent) -> i64 {
+    current.version + 1
+}
+
 /// Moves `current` to `to` after `change` edits the other fields: asks the state machine, then
 /// in one statement updates the row only if it is still the version we read (and so still has
 /// the status we read) and writes the audit entry (before and after) and, if given, the event.
@@ -281,7 +287,7 @@ pub async fn transition_queueing(
     let mut next = current.clone();
     change(&mut next);
     next.status = to;
-    next.version = current.version + 1;
+    next.version = next_version(current);
     next.updated_at = crate::domain::now();
     let mut effects = Change::new(
         &next.merchant_id,
@@ -371,7 +377,7 @@ pub async fn apply_refund(
     }
     let mut next = intent.clone();
     next.amount_refunded = total;
-    next.version = intent.version + 1;
+    next.version = next_version(intent);
     next.updated_at = crate::domain::now();
     let updated = sqlx::query("UPDATE payment_intents SET amount_refunded = $3, updated_at = $4, version = version + 1 WHERE id = $1 AND status = $2 AND version = $5")
         .bind(&intent.id)

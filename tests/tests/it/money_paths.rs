@@ -104,10 +104,22 @@ async fn a_retrying_authorize_never_writes_over_a_capture_in_flight() {
         acquirer(&app),
         RetrySchedule::new(Duration::from_millis(1000), 5),
     );
-    let command = PaymentCommand::ConfirmV1 {
-        payment_intent_id: id.clone(),
-        merchant_id: app.merchant_id.clone(),
-    };
+    // The command as the API queued it, with the version it was issued for.
+    let queued: Value = sqlx::query_scalar(
+        "SELECT payload FROM outbox WHERE subject = 'cmd.payment.confirm' AND payload->>'paymentIntentId' = $1",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let command: PaymentCommand = serde_json::from_value(queued).unwrap();
+    assert!(matches!(
+        command,
+        PaymentCommand::ConfirmV1 {
+            intent_version: Some(_),
+            ..
+        }
+    ));
     let step = tokio::spawn(async move {
         worker
             .handle(command, &first_delivery("cmd.payment.confirm"))
@@ -382,6 +394,7 @@ async fn an_acquirer_4xx_that_is_not_a_decline_does_not_fail_the_payment() {
             PaymentCommand::ConfirmV1 {
                 payment_intent_id: id.clone(),
                 merchant_id: app.merchant_id.clone(),
+                intent_version: None,
             },
             &first_delivery("cmd.payment.confirm"),
         )
