@@ -43,6 +43,7 @@ pub fn app(sim: Arc<Sim>) -> impl Endpoint {
     Route::new()
         .nest("/v1", v1)
         .at("/sim/charges", get(sim_charges))
+        .at("/sim/3ds/:id", post(crate::challenge::complete))
         .at("/sim/faults", get(get_faults).post(set_faults))
         .at("/sim/reset", post(reset))
         .at("/healthz", get(healthz))
@@ -253,6 +254,7 @@ impl Sim {
             decline: None,
             redirect_url: None,
             return_url: req.return_url,
+            capture: req.capture,
             disputes_later: false,
             created_at: Utc::now(),
         };

@@ -34,7 +34,8 @@
 //! - 4000000000000002: 402 `card_declined` / `generic_decline`.
 //! - 4000000000009995: 402 `card_declined` / `insufficient_funds`.
 //! - 4000002760003184: 200 `requires_action` with `redirectUrl` = `{public url}/sim/3ds/{id}`.
-//!   The challenge page behind that URL belongs to the 3-D Secure flow and is not served yet.
+//!   `POST` to that URL with the form field `result=succeeded` or `result=failed` completes the
+//!   challenge as the cardholder would (see `challenge.rs`); the page itself is not served yet.
 //! - 4000000000000119: 500 `processing_error`, every time; no charge is recorded.
 //! - any other well-formed number: 402 `card_declined` / `generic_decline`, so test mode never
 //!   seems to accept a real card. An expired card: 402 `expired_card`.
@@ -96,6 +97,7 @@
 
 mod api;
 mod cards;
+mod challenge;
 mod faults;
 mod ledger;
 mod metrics;

@@ -124,7 +124,7 @@ where
 }
 
 /// One round of the payment intents' deadline jobs.
-pub async fn keep_deadlines(pool: &PgPool, thresholds: &Thresholds) {
+pub async fn keep_deadlines(pool: &PgPool, acquirer: &Arc<dyn Acquirer>, thresholds: &Thresholds) {
     drain("expire_authorizations", |now| {
         deadlines::expire_authorizations(pool, now, deadlines::BATCH)
     })
@@ -139,7 +139,13 @@ pub async fn keep_deadlines(pool: &PgPool, thresholds: &Thresholds) {
     })
     .await;
     drain("cancel_abandoned", |now| {
-        deadlines::cancel_abandoned(pool, now, thresholds.abandon_after, deadlines::BATCH)
+        deadlines::cancel_abandoned(
+            pool,
+            acquirer,
+            now,
+            thresholds.abandon_after,
+            deadlines::BATCH,
+        )
     })
     .await;
 }
@@ -149,7 +155,7 @@ pub async fn tick(pool: &PgPool, acquirer: &Arc<dyn Acquirer>, thresholds: &Thre
     if let Err(e) = reconcile::run_once(pool, acquirer, thresholds.stuck_after).await {
         tracing::error!(error = %e, "reconciliation failed");
     }
-    keep_deadlines(pool, thresholds).await;
+    keep_deadlines(pool, acquirer, thresholds).await;
     match purge(pool).await {
         Ok((keys, outbox)) => {
             tracing::info!(idempotency_keys = keys, outbox_rows = outbox, "purged")

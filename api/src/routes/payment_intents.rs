@@ -219,6 +219,8 @@ async fn start_confirm(
     let command = PaymentCommand::ConfirmV1 {
         payment_intent_id: intent.id.clone(),
         merchant_id: intent.merchant_id.clone(),
+        // Queued with the transition below, so it is for the version that transition writes.
+        intent_version: Some(store::next_version(&intent)),
     };
     let processing = store::transition_queueing(
         conn,
@@ -329,6 +331,9 @@ impl PaymentIntentsApi {
             canceled_at: None,
             cancellation_reason: None,
             acquirer_charge_id: None,
+            version: 0,
+            amount_to_capture: None,
+            void_confirmed_at: None,
             created_at: now,
             updated_at: now,
         };
@@ -500,7 +505,9 @@ impl PaymentIntentsApi {
             PaymentIntentStatus::Processing,
             &auth.actor(),
             None,
-            |_| {},
+            // Recorded with the transition, so whoever finishes the capture later (the worker,
+            // reconciliation, a replayed dead letter) captures this and not the whole hold.
+            |pi| pi.amount_to_capture = Some(amount),
         )
         .await
         .map_err(ApiError::from)?;
@@ -508,6 +515,7 @@ impl PaymentIntentsApi {
             payment_intent_id: intent.id.clone(),
             merchant_id: intent.merchant_id.clone(),
             amount_to_capture: amount.minor_units(),
+            intent_version: Some(intent.version),
         };
         outbox::enqueue(&mut tx, command.subject(), &command.to_json())
             .await

@@ -286,6 +286,14 @@ pub struct PaymentIntent {
     pub cancellation_reason: Option<String>,
     /// The acquirer's charge id, once it answered. Internal: never shown to merchants.
     pub acquirer_charge_id: Option<String>,
+    /// Incremented by every write. A worker's write is guarded on the version it read, which
+    /// never recurs, where a status (`processing`) can. Internal.
+    pub version: i64,
+    /// What a manual capture asked for, recorded with the capture itself so every later path
+    /// captures exactly that. Internal.
+    pub amount_to_capture: Option<Amount>,
+    /// When the acquirer confirmed that a canceled intent's charge holds no money. Internal.
+    pub void_confirmed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

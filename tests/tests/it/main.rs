@@ -8,6 +8,7 @@ mod deadlines;
 mod idempotency;
 mod idempotency_fencing;
 mod intents;
+mod money_paths;
 mod ops;
 mod pipeline;
 mod provider;
