@@ -91,11 +91,8 @@ pub async fn purge(pool: &PgPool) -> Result<(u64, u64), sqlx::Error> {
             .execute(pool)
             .await?
             .rows_affected();
-    let outbox = sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - make_interval(hours => $1)")
-        .bind(OUTBOX_RETENTION_HOURS)
-        .execute(pool)
-        .await?
-        .rows_affected();
+    let outbox =
+        paystream_shared::store::outbox::purge_published(pool, OUTBOX_RETENTION_HOURS).await?;
     Ok((keys, outbox))
 }
 
