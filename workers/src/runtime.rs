@@ -118,7 +118,7 @@ pub async fn run_consumer<H: Handler>(
             spec.stream,
         );
         tokio::spawn(async move {
-            if let Err(e) = consumer::run_max_deliveries_watch(
+            if let Err(e) = paystream_nats::max_deliveries::run_watch(
                 &client, &js, &topology, stream, &durable, shutdown,
             )
             .await
