@@ -15,3 +15,4 @@ mod reconcile;
 mod refunds;
 mod validation;
 mod webhooks;
+mod worker_process;

@@ -547,6 +547,8 @@ impl Deliverer {
 #[paystream_nats::async_trait]
 impl Handler for Deliverer {
     type Command = WebhookCommand;
+    // A delivery records its attempt in its own row and queues nothing.
+    const WRITES_OUTBOX: bool = false;
 
     async fn handle(&self, cmd: WebhookCommand, delivery: &DeliveryInfo) -> Outcome {
         match &cmd {
