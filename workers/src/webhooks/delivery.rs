@@ -48,7 +48,7 @@ const EARLY_SLACK: Duration = Duration::from_millis(50);
 /// How the step is tuned. The defaults are what the webhook-worker runs with.
 #[derive(Debug, Clone)]
 pub struct DeliveryOptions {
-    /// One attempt's whole budget: connect, send, answer (CONTRACT.md: 10 s).
+    /// One attempt's whole budget: connect, send, answer (docs/webhooks.md: 10 s).
     pub timeout: Duration,
     pub allow_private: bool,
     /// In-flight deliveries per subscription in one process.

@@ -8,7 +8,7 @@ use crate::domain::webhook::{EventSelection, WebhookUrl};
 use crate::store::StoreError;
 use crate::webhooks::views::WebhookSubscriptionView;
 
-/// How long the secret a rotation replaced keeps signing (CONTRACT.md: 24 h).
+/// How long the secret a rotation replaced keeps signing (docs/webhooks.md: 24 h).
 pub const ROTATION_OVERLAP: TimeDelta = TimeDelta::hours(24);
 
 #[derive(Debug, Clone, sqlx::FromRow)]
