@@ -93,6 +93,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod books;
 mod cards;
 mod faults;
 mod ledger;
