@@ -84,7 +84,7 @@ impl Charge {
         body
     }
 
-    /// The charge as CONTRACT.md's `GET /sim/charges` shows it.
+    /// The charge as `GET /sim/charges` shows it (docs/acquirer.md).
     pub fn to_sim_json(&self) -> Value {
         json!({
             "id": self.id,

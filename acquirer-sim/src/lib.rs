@@ -1,5 +1,5 @@
 //! A stand-in card acquirer. It speaks the HTTP protocol paystream's acquirer connector
-//! (`paystream_workers::acquirer`) uses, decides by test card number (CONTRACT.md), keeps its
+//! (`paystream_workers::acquirer`) uses, decides by test card number (docs/acquirer.md), keeps its
 //! books in memory, honors idempotency keys and misbehaves on request. The demo, the tests,
 //! the benchmarks and the chaos runs all use it.
 //!
@@ -96,6 +96,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod books;
 mod cards;
 mod challenge;
 mod faults;
@@ -124,7 +125,7 @@ use paystream_domain::secret::Secret;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 
-/// Where the simulator listens when nothing says otherwise (CONTRACT.md's acquirer URL).
+/// Where the simulator listens when nothing says otherwise (`PAYSTREAM_ACQUIRER_URL`'s default).
 pub const DEFAULT_ACQUIRER_URL: &str = "http://127.0.0.1:8090";
 
 /// The notification secret when `PAYSTREAM_ACQUIRER_WEBHOOK_SECRET` is unset: the same

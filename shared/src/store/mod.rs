@@ -2,9 +2,11 @@
 //! store function, which asks the object's state machine, makes a guarded update, and writes
 //! the audit entry and the outbox rows in the caller's transaction.
 
+pub mod events;
 pub mod idempotency_keys;
 pub mod intent_deadlines;
 pub mod merchants;
+pub mod outbox;
 pub mod payment_intents;
 pub mod provider_events;
 pub mod refunds;

@@ -1,4 +1,4 @@
-//! Webhook objects as clients see them (CONTRACT.md, Webhooks). Serialized with serde like
+//! Webhook objects as clients see them (docs/webhooks.md). Serialized with serde like
 //! every other view; poem-openapi schemas only behind the `openapi` feature.
 
 use chrono::{DateTime, Utc};

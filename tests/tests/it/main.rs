@@ -1,6 +1,7 @@
 //! The integration suite: one binary, every test against real PostgreSQL, NATS JetStream and
 //! the acquirer simulator, each with its own database and stream prefix.
 
+mod architecture;
 mod audit;
 mod auth;
 mod chaos;
@@ -17,3 +18,4 @@ mod refunds;
 mod request_path;
 mod validation;
 mod webhooks;
+mod worker_process;
