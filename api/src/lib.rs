@@ -8,6 +8,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod metrics;
 pub mod rate_limit;
+pub mod responses;
 pub mod routes;
 
 use std::net::TcpListener;

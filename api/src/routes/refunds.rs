@@ -4,7 +4,7 @@
 
 use poem::http::StatusCode;
 use poem::Request;
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,8 @@ use paystream_shared::views::RefundView;
 use crate::auth::{AuthContext, MerchantKey};
 use crate::error::ApiError;
 use crate::extract::{parse_limit, JsonBody, SerdeJson};
+use crate::responses::{Errors, CONFLICT, NOT_FOUND, READ, WRITE};
+use crate::routes::ApiTags;
 use crate::{idempotency, AppState};
 
 #[derive(Debug, Deserialize, Object)]
@@ -47,18 +49,32 @@ pub struct RefundList {
 }
 
 #[derive(ApiResponse)]
-pub enum RefundResponse {
-    #[oai(status = 200)]
-    Ok(SerdeJson<RefundView>),
+pub enum RefundCreated {
+    /// The refund was created, `pending`; the refund worker settles it.
     #[oai(status = 201)]
     Created(SerdeJson<RefundView>),
+    /// A replay of an earlier request with this Idempotency-Key, with
+    /// `Idempotent-Replayed: true`.
+    #[oai(status = 200)]
+    Replayed(SerdeJson<RefundView>),
+}
+
+#[derive(ApiResponse)]
+pub enum RefundResponse {
+    /// The refund.
+    #[oai(status = 200)]
+    Ok(SerdeJson<RefundView>),
 }
 
 #[derive(ApiResponse)]
 pub enum RefundListResponse {
+    /// A page of refunds, newest first.
     #[oai(status = 200)]
     Ok(SerdeJson<RefundList>),
 }
+
+/// A refund names an intent that may not exist, or may not be refundable (409).
+const CREATE: u32 = WRITE | NOT_FOUND | CONFLICT;
 
 async fn create_refund(
     req: &Request,
@@ -68,7 +84,7 @@ async fn create_refund(
     param: &str,
     amount: Option<i64>,
     reason: Option<String>,
-) -> Result<RefundResponse, ApiError> {
+) -> Result<RefundCreated, ApiError> {
     let amount = amount
         .map(|a| Amount::parse_charge(a, "amount"))
         .transpose()?;
@@ -89,12 +105,12 @@ async fn create_refund(
     let body = serde_json::to_vec(&view).map_err(|e| ApiError::internal(&e))?;
     idempotency::complete(req, &mut tx, StatusCode::CREATED, &body).await?;
     tx.commit().await?;
-    Ok(RefundResponse::Created(SerdeJson(view)))
+    Ok(RefundCreated::Created(SerdeJson(view)))
 }
 
 pub struct RefundsApi;
 
-#[OpenApi]
+#[OpenApi(tag = "ApiTags::Refunds")]
 impl RefundsApi {
     /// Refund a succeeded payment intent, in full or in part.
     #[oai(path = "/refunds", method = "post")]
@@ -103,8 +119,12 @@ impl RefundsApi {
         req: &Request,
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
-        body: JsonBody<CreateRefund>,
-    ) -> Result<RefundResponse, ApiError> {
+        /// Makes the request safe to retry: the same key with the same body answers the
+        /// original response (200, `Idempotent-Replayed: true`) instead of running again.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
+        body: JsonBody<CreateRefund, true>,
+    ) -> Result<RefundCreated, Errors<CREATE>> {
         let b = body.0;
         create_refund(
             req,
@@ -116,6 +136,7 @@ impl RefundsApi {
             b.reason,
         )
         .await
+        .map_err(Errors)
     }
 
     /// The same as `POST /refunds` for this payment intent.
@@ -126,10 +147,16 @@ impl RefundsApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
+        /// Makes the request safe to retry: the same key with the same body answers the
+        /// original response (200, `Idempotent-Replayed: true`) instead of running again.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
         body: JsonBody<RefundIntent>,
-    ) -> Result<RefundResponse, ApiError> {
+    ) -> Result<RefundCreated, Errors<CREATE>> {
         let b = body.0;
-        create_refund(req, &state, &auth.0, &id.0, "id", b.amount, b.reason).await
+        create_refund(req, &state, &auth.0, &id.0, "id", b.amount, b.reason)
+            .await
+            .map_err(Errors)
     }
 
     /// Retrieve a refund.
@@ -139,7 +166,7 @@ impl RefundsApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
-    ) -> Result<RefundResponse, ApiError> {
+    ) -> Result<RefundResponse, Errors<{ READ | NOT_FOUND }>> {
         let refund = store::get(&state.pool, &auth.0.merchant_id, &id.0)
             .await?
             .ok_or_else(|| ApiError::not_found("refund", &id.0))?;
@@ -155,7 +182,7 @@ impl RefundsApi {
         #[oai(name = "paymentIntentId")] payment_intent_id: Query<Option<String>>,
         limit: Query<Option<String>>,
         #[oai(name = "startingAfter")] starting_after: Query<Option<String>>,
-    ) -> Result<RefundListResponse, ApiError> {
+    ) -> Result<RefundListResponse, Errors<READ>> {
         let limit = parse_limit(limit.0.as_deref())?;
         // An unknown cursor would otherwise read as an empty last page; answer as the other
         // lists do. Another merchant's refund is unknown here too.
@@ -165,7 +192,8 @@ impl RefundsApi {
                     "resource_missing",
                     "`startingAfter` names no refund of yours",
                 )
-                .with_param("startingAfter"));
+                .with_param("startingAfter")
+                .into());
             }
         }
         let mut rows = store::list(
