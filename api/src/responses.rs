@@ -197,8 +197,7 @@ mod tests {
             }
             // Success: exactly one of 200/201/202, plus 200 for an idempotent replay of a
             // POST that creates or accepts.
-            let successes: Vec<&String> =
-                responses.keys().filter(|s| s.starts_with('2')).collect();
+            let successes: Vec<&String> = responses.keys().filter(|s| s.starts_with('2')).collect();
             assert!(
                 !(responses.contains_key("201") && responses.contains_key("202")),
                 "{method} {path}: {successes:?}"

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use poem::http::StatusCode;
 use poem::Request;
 use poem_openapi::param::{Header, Path, Query};
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use serde::{Deserialize, Serialize};
 
 use paystream_shared::commands::PaymentCommand;
@@ -79,8 +79,30 @@ pub struct CapturePaymentIntent {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[oai(rename_all = "camelCase")]
 pub struct CancelPaymentIntent {
-    /// `duplicate`, `fraudulent`, `requested_by_customer` or `abandoned`.
-    pub cancellation_reason: Option<String>,
+    /// Defaults to `requested_by_customer`.
+    pub cancellation_reason: Option<CancellationReason>,
+}
+
+/// Why the merchant cancels.
+#[derive(Debug, Clone, Copy, Deserialize, Enum)]
+#[serde(rename_all = "snake_case")]
+#[oai(rename_all = "snake_case")]
+pub enum CancellationReason {
+    Duplicate,
+    Fraudulent,
+    RequestedByCustomer,
+    Abandoned,
+}
+
+impl CancellationReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            CancellationReason::Duplicate => "duplicate",
+            CancellationReason::Fraudulent => "fraudulent",
+            CancellationReason::RequestedByCustomer => "requested_by_customer",
+            CancellationReason::Abandoned => "abandoned",
+        }
+    }
 }
 
 #[derive(Object, Serialize)]
@@ -131,12 +153,6 @@ pub enum ListResponse {
 const ON_INTENT: u32 = WRITE | NOT_FOUND | CONFLICT;
 
 const MAX_TEXT: usize = 1000;
-const CANCELLATION_REASONS: &[&str] = &[
-    "duplicate",
-    "fraudulent",
-    "requested_by_customer",
-    "abandoned",
-];
 
 fn bounded_text(
     value: Option<String>,
@@ -602,20 +618,8 @@ impl PaymentIntentsApi {
         body: JsonBody<CancelPaymentIntent>,
     ) -> Result<IntentResponse, Errors<ON_INTENT>> {
         let auth = auth.0;
-        let reason = body.0.cancellation_reason;
-        if let Some(r) = &reason {
-            if !CANCELLATION_REASONS.contains(&r.as_str()) {
-                return Err(ApiError::invalid(
-                    "parameter_invalid",
-                    format!(
-                        "`cancellationReason` must be one of {}",
-                        CANCELLATION_REASONS.join(", ")
-                    ),
-                )
-                .with_param("cancellationReason")
-                .into());
-            }
-        }
+        // The enum is the list of reasons a merchant may give; `expired` is the scheduler's.
+        let reason = body.0.cancellation_reason.map(|r| r.as_str().to_owned());
         let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
         let intent = lock(&mut tx, &auth, &id.0).await?;
         // The void is queued in the same statement as the transition, so only the cancel

@@ -5,7 +5,7 @@
 use poem::http::StatusCode;
 use poem::Request;
 use poem_openapi::param::{Header, Path, Query};
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use serde::{Deserialize, Serialize};
 
 use paystream_shared::domain::ids::IdKind;
@@ -25,19 +25,40 @@ use crate::{idempotency, AppState};
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[oai(rename_all = "camelCase")]
 pub struct CreateRefund {
+    /// The succeeded payment intent (`pi_...`) to refund.
     pub payment_intent_id: String,
     /// Minor units; defaults to everything not yet refunded.
     pub amount: Option<i64>,
-    /// `duplicate`, `fraudulent` or `requested_by_customer`.
-    pub reason: Option<String>,
+    pub reason: Option<RefundReason>,
+}
+
+/// Why the money goes back.
+#[derive(Debug, Clone, Copy, Deserialize, Enum)]
+#[serde(rename_all = "snake_case")]
+#[oai(rename_all = "snake_case")]
+pub enum RefundReason {
+    Duplicate,
+    Fraudulent,
+    RequestedByCustomer,
+}
+
+impl RefundReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            RefundReason::Duplicate => "duplicate",
+            RefundReason::Fraudulent => "fraudulent",
+            RefundReason::RequestedByCustomer => "requested_by_customer",
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize, Object)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[oai(rename_all = "camelCase")]
 pub struct RefundIntent {
+    /// Minor units; defaults to everything not yet refunded.
     pub amount: Option<i64>,
-    pub reason: Option<String>,
+    pub reason: Option<RefundReason>,
 }
 
 #[derive(Object, Serialize)]
@@ -83,12 +104,12 @@ async fn create_refund(
     intent_id: &str,
     param: &str,
     amount: Option<i64>,
-    reason: Option<String>,
+    reason: Option<RefundReason>,
 ) -> Result<RefundCreated, ApiError> {
     let amount = amount
         .map(|a| Amount::parse_charge(a, "amount"))
         .transpose()?;
-    let reason = parse_reason(reason)?;
+    let reason = parse_reason(reason.map(|r| r.as_str().to_owned()))?;
     if IdKind::PaymentIntent.parse(intent_id, param).is_err() {
         return Err(ApiError::not_found("payment_intent", intent_id).with_param(param));
     }
