@@ -4,3 +4,20 @@ pub mod payment_intents;
 pub mod provider;
 pub mod refunds;
 pub mod webhooks;
+
+/// The groups the API document shows its operations in.
+#[derive(poem_openapi::Tags)]
+pub enum ApiTags {
+    /// Create, confirm, capture and cancel payments.
+    PaymentIntents,
+    /// Give back captured money.
+    Refunds,
+    /// Subscribe endpoints to events and follow their deliveries.
+    Webhooks,
+    /// What happened: the events webhooks deliver.
+    Events,
+    /// Every state change and operator action, hash-chained.
+    AuditLog,
+    /// Signed notifications from the acquirer (no API key).
+    Acquirer,
+}

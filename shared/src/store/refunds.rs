@@ -41,7 +41,7 @@ impl Refund {
             amount: self.amount.minor_units(),
             currency: self.currency.code().to_owned(),
             reason: self.reason.clone(),
-            status: self.status.as_str().to_owned(),
+            status: self.status.into(),
             failure_reason: self.failure_reason.clone(),
             created_at: self.created_at,
             processed_at: self.processed_at,
