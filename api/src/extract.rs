@@ -237,7 +237,7 @@ impl<T: Type + Send> poem_openapi::payload::Payload for SerdeJson<T> {
     }
 }
 
-/// Parses `limit` (1..=100, default 10), as lists in CONTRACT.md take it.
+/// Parses `limit` (1..=100, default 10), as every list takes it (docs/api.md).
 pub fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
     match raw {
         None => Ok(10),

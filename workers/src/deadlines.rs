@@ -1,4 +1,4 @@
-//! Deadlines in a payment intent's life, kept by the scheduler's leader (CONTRACT.md, payment
+//! Deadlines in a payment intent's life, kept by the scheduler's leader (docs/api.md, payment
 //! intents):
 //!
 //! - an uncaptured authorization is voided when `authorizationExpiresAt` passes: the intent is
@@ -42,7 +42,7 @@ pub const EXPIRING_NOTICE: TimeDelta = TimeDelta::hours(24);
 /// back full.
 pub const BATCH: i64 = 500;
 /// The statuses an intent is abandoned in: waiting on the merchant or the customer, with no
-/// money moved. CONTRACT.md names `requires_payment_method` and `requires_confirmation`; its
+/// money moved. The public API names `requires_payment_method` and `requires_confirmation`; its
 /// transition table also allows `requires_action -> canceled`, and a 3-D Secure challenge
 /// nobody completed in that time is as abandoned as an unconfirmed intent (Stripe cancels
 /// those with reason `abandoned` too when their checkout expires). Its pending charge at the

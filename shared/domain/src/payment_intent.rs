@@ -55,7 +55,7 @@ impl PaymentIntentStatus {
         }
     }
 
-    /// CONTRACT.md's transition table, verbatim.
+    /// The public transition table (docs/api.md), verbatim.
     pub fn can_transition(self, to: PaymentIntentStatus) -> bool {
         match self {
             S::RequiresPaymentMethod => matches!(to, S::RequiresConfirmation | S::Canceled),
@@ -213,7 +213,7 @@ pub fn may_require_action(payment_method_id: &str) -> bool {
     payment_method_id == "pm_card_threeDSecureRequired"
 }
 
-/// A metadata map within CONTRACT.md's limits: at most 50 keys, keys of 1..=40 characters,
+/// A metadata map within the API's limits (docs/api.md): at most 50 keys, keys of 1..=40 characters,
 /// values of at most 500 characters.
 pub fn validate_metadata(
     metadata: &std::collections::BTreeMap<String, String>,

@@ -6,7 +6,7 @@
 //! (`workers/tests/acquirer_sim.rs`).
 //!
 //! Every mutating call carries an idempotency key derived from the object it acts on, never a
-//! random one (DESIGN.md rule 3): a call that timed out may well have charged, and the retry
+//! random one (ARCHITECTURE.md, "At least once, never twice"): a call that timed out may well have charged, and the retry
 //! has to present the same key so that the acquirer answers with the stored result instead of
 //! charging again. The keys are:
 //!
@@ -17,7 +17,7 @@
 //! | void | `{charge_id}:void` |
 //! | refund | `{reference}:refund` (our refund id) |
 //!
-//! Errors fall in three classes (DESIGN.md rule 4): [`AcquirerError::Transient`] (5xx, 408,
+//! Errors fall in three classes (ARCHITECTURE.md, the two retry layers): [`AcquirerError::Transient`] (5xx, 408,
 //! 429, timeouts, connection failures) is retried; [`AcquirerError::Rejected`] (any other 4xx)
 //! is final; [`AcquirerError::Protocol`] (an answer we cannot read) is retried too. With an
 //! unreadable answer we do not know whether the acquirer charged, so it must not become a final
