@@ -9,9 +9,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgPool};
-
-use crate::domain::ids::IdKind;
+use sqlx::PgPool;
 
 /// Who did something: an API key, a worker, the reconciliation job, or an operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,26 +42,9 @@ pub struct NewEntry<'a> {
     pub after: Option<serde_json::Value>,
 }
 
-/// Appends one entry inside the caller's transaction, so the entry commits or rolls back with
-/// the change it describes.
-pub async fn append(conn: &mut PgConnection, entry: NewEntry<'_>) -> Result<String, sqlx::Error> {
-    let id = IdKind::Audit.generate();
-    sqlx::query(
-        "INSERT INTO audit_log (id, merchant_id, object_type, object_id, action, actor, before, after, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', '')",
-    )
-    .bind(&id)
-    .bind(entry.merchant_id)
-    .bind(entry.object_type)
-    .bind(entry.object_id)
-    .bind(entry.action)
-    .bind(entry.actor.render())
-    .bind(entry.before)
-    .bind(entry.after)
-    .execute(conn)
-    .await?;
-    Ok(id)
-}
+/// Appending lives with the other table writes in the store; re-exported so callers name it
+/// beside the rest of the audit log.
+pub use crate::store::audit_log::append;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]

@@ -10,11 +10,11 @@ use sqlx::{PgConnection, PgExecutor};
 
 use super::StoreError;
 use crate::audit::{self, Actor, NewEntry};
-use crate::change::{self, Change};
 use crate::domain::money::{Amount, Currency};
 use crate::domain::payment_intent::{
     CaptureMethod, PaymentError, PaymentIntent, PaymentIntentStatus, RedirectAction,
 };
+use crate::store::change::{self, Change};
 
 #[derive(sqlx::FromRow)]
 struct Row {
