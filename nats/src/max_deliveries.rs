@@ -146,8 +146,8 @@ async fn move_to_dead_letters(
             origin_sequence: seq,
             deliveries,
             last_error: reason,
-            object_id: None,
-            payload: msg.payload,
+            object_id: object_id_of(&msg.payload).as_deref(),
+            payload: msg.payload.clone(),
         },
     )
     .await
@@ -271,5 +271,30 @@ impl StrandedSweeper {
         }
         self.suspects = seen;
         Ok(filed)
+    }
+}
+
+/// The object a queued message is about, read from its payload without knowing its type: this
+/// path files messages whose handler never saw their last delivery, and an operator looking at
+/// the dead letters needs to know which intent or refund is stuck. Queue payloads name their
+/// object by one of these camelCase fields.
+fn object_id_of(payload: &[u8]) -> Option<String> {
+    const FIELDS: [&str; 5] = ["paymentIntentId", "refundId", "deliveryId", "eventId", "id"];
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    FIELDS
+        .iter()
+        .find_map(|f| value.get(*f).and_then(|v| v.as_str()).map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_filed_message_names_its_object_from_its_payload() {
+        let confirm =
+            br#"{"type":"payment.confirm.v1","paymentIntentId":"pi_1","merchantId":"mer_1"}"#;
+        assert_eq!(super::object_id_of(confirm).as_deref(), Some("pi_1"));
+        let refund = br#"{"type":"refund.process.v1","refundId":"re_1"}"#;
+        assert_eq!(super::object_id_of(refund).as_deref(), Some("re_1"));
+        assert_eq!(super::object_id_of(b"not json"), None);
     }
 }
