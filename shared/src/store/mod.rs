@@ -6,6 +6,7 @@ pub mod idempotency_keys;
 pub mod intent_deadlines;
 pub mod merchants;
 pub mod payment_intents;
+pub mod payment_methods;
 pub mod provider_events;
 pub mod refunds;
 pub mod webhooks;

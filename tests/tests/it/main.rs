@@ -9,6 +9,7 @@ mod idempotency;
 mod idempotency_fencing;
 mod intents;
 mod ops;
+mod payment_methods;
 mod pipeline;
 mod provider;
 mod reconcile;
