@@ -498,3 +498,33 @@ async fn no_table_of_the_main_schema_holds_a_card_or_account_number() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_api_description_lists_the_payment_method_operations() {
+    let app = spawn_app().await;
+    let spec = app
+        .request(Method::GET, "/openapi.json", None, None, None)
+        .await;
+    assert_eq!(spec.status, 200);
+    let paths = &spec.body["paths"];
+    for (path, method) in [
+        ("/payment-methods", "post"),
+        ("/payment-methods", "get"),
+        ("/payment-methods/{id}", "get"),
+        ("/payment-methods/{id}/detach", "post"),
+    ] {
+        let op = &paths[path][method];
+        assert_eq!(
+            op["tags"],
+            json!(["Payment methods"]),
+            "{path} {method}: {op}"
+        );
+        assert!(op["summary"].is_string(), "{path} {method}: {op}");
+    }
+    let schemas = &spec.body["components"]["schemas"];
+    assert_eq!(
+        schemas["PaymentMethodType"]["enum"],
+        json!(["card", "bank_account"]),
+        "{schemas}"
+    );
+}
