@@ -1,5 +1,5 @@
 //! What the issuer answers for each test card. The numbers are the ones Stripe documents for
-//! its test mode (CONTRACT.md lists them), so the same scenarios work against either.
+//! its test mode (docs/acquirer.md lists them), so the same scenarios work against either.
 
 use paystream_domain::payment_intent::TEST_PAYMENT_METHODS;
 

@@ -50,6 +50,8 @@ pub struct Charge {
     pub redirect_url: Option<String>,
     /// Where the challenge page sends the browser afterwards.
     pub return_url: Option<String>,
+    /// Whether the payment asked to be captured at once; a completed challenge honours it.
+    pub capture: bool,
     /// The cardholder will dispute this charge; read by the chargeback notifications.
     pub disputes_later: bool,
     pub created_at: DateTime<Utc>,
@@ -82,7 +84,7 @@ impl Charge {
         body
     }
 
-    /// The charge as CONTRACT.md's `GET /sim/charges` shows it.
+    /// The charge as `GET /sim/charges` shows it (docs/acquirer.md).
     pub fn to_sim_json(&self) -> Value {
         json!({
             "id": self.id,

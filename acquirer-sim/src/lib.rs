@@ -1,5 +1,5 @@
 //! A stand-in card acquirer. It speaks the HTTP protocol paystream's acquirer connector
-//! (`paystream_workers::acquirer`) uses, decides by test card number (CONTRACT.md), keeps its
+//! (`paystream_workers::acquirer`) uses, decides by test card number (docs/acquirer.md), keeps its
 //! books in memory, honors idempotency keys and misbehaves on request. The demo, the tests,
 //! the benchmarks and the chaos runs all use it.
 //!
@@ -34,7 +34,8 @@
 //! - 4000000000000002: 402 `card_declined` / `generic_decline`.
 //! - 4000000000009995: 402 `card_declined` / `insufficient_funds`.
 //! - 4000002760003184: 200 `requires_action` with `redirectUrl` = `{public url}/sim/3ds/{id}`.
-//!   The challenge page behind that URL belongs to the 3-D Secure flow and is not served yet.
+//!   `POST` to that URL with the form field `result=succeeded` or `result=failed` completes the
+//!   challenge as the cardholder would (see `challenge.rs`); the page itself is not served yet.
 //! - 4000000000000119: 500 `processing_error`, every time; no charge is recorded.
 //! - any other well-formed number: 402 `card_declined` / `generic_decline`, so test mode never
 //!   seems to accept a real card. An expired card: 402 `expired_card`.
@@ -95,7 +96,9 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod books;
 mod cards;
+mod challenge;
 mod faults;
 mod ledger;
 mod metrics;
@@ -122,7 +125,7 @@ use paystream_domain::secret::Secret;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 
-/// Where the simulator listens when nothing says otherwise (CONTRACT.md's acquirer URL).
+/// Where the simulator listens when nothing says otherwise (`PAYSTREAM_ACQUIRER_URL`'s default).
 pub const DEFAULT_ACQUIRER_URL: &str = "http://127.0.0.1:8090";
 
 /// The notification secret when `PAYSTREAM_ACQUIRER_WEBHOOK_SECRET` is unset: the same

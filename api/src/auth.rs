@@ -29,8 +29,8 @@ impl AuthContext {
     }
 }
 
-/// The bearer scheme as the API docs show it. The real check happened in [`guard`]; this only
-/// hands the handler what the guard found.
+/// Your secret API key, `Authorization: Bearer sk_...`. Keys belong to one merchant.
+// The real check happened in `guard`; this only hands the handler what the guard found.
 #[derive(SecurityScheme)]
 #[oai(ty = "bearer", checker = "from_guard")]
 pub struct MerchantKey(pub AuthContext);

@@ -1,6 +1,6 @@
 //! The API's error type and the contract's error shape:
 //! `{"error": {"type", "code", "message", "param"}}` with the most specific status.
-//! Caller mistakes carry a code from CONTRACT.md; unexpected failures become an opaque 500
+//! Caller mistakes carry a code from docs/errors.md; unexpected failures become an opaque 500
 //! whose cause is logged, never shown.
 //!
 //! Messages and params often quote what the caller sent (an id, a currency, a metadata key), and

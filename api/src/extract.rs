@@ -20,7 +20,9 @@ use serde::Serialize;
 use crate::error::ApiError;
 use crate::MAX_BODY_BYTES;
 
-pub struct JsonBody<T>(pub T);
+/// A JSON body. `REQUIRED` only says so in the API document: an empty body always parses as
+/// `{}`, so an operation whose body has required fields answers a missing one with a 400.
+pub struct JsonBody<T, const REQUIRED: bool = false>(pub T);
 
 /// Parses a JSON body into `T`, mapping every failure to a 400 that names the field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -163,7 +165,9 @@ fn backticked<'a>(message: &'a str, lead: &str) -> Option<&'a str> {
     Some(&message[start..end])
 }
 
-impl<'a, T: DeserializeOwned + Type + Send> ApiExtractor<'a> for JsonBody<T> {
+impl<'a, T: DeserializeOwned + Type + Send, const REQUIRED: bool> ApiExtractor<'a>
+    for JsonBody<T, REQUIRED>
+{
     const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
     type ParamType = ();
     type ParamRawType = ();
@@ -179,7 +183,7 @@ impl<'a, T: DeserializeOwned + Type + Send> ApiExtractor<'a> for JsonBody<T> {
                 content_type: "application/json",
                 schema: T::schema_ref(),
             }],
-            required: false,
+            required: REQUIRED,
         })
     }
 
@@ -233,7 +237,7 @@ impl<T: Type + Send> poem_openapi::payload::Payload for SerdeJson<T> {
     }
 }
 
-/// Parses `limit` (1..=100, default 10), as lists in CONTRACT.md take it.
+/// Parses `limit` (1..=100, default 10), as every list takes it (docs/api.md).
 pub fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
     match raw {
         None => Ok(10),

@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod rate_limit;
 pub mod request_id;
+pub mod responses;
 pub mod routes;
 
 use std::net::TcpListener;

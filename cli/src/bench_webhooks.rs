@@ -23,6 +23,7 @@ use poem::{EndpointExt, Route, Server};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::bench::stats::Summary;
 use paystream_shared::config::Config;
 use paystream_shared::domain::webhook::WebhookSecret;
 
@@ -135,19 +136,25 @@ pub struct Percentiles {
     pub max: f64,
 }
 
-/// The value at quantile `q` (0..=1) of sorted `values` (nearest rank).
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
+impl Percentiles {
+    /// Milliseconds from the microsecond summary of the one percentile definition both
+    /// benches share (`bench::stats`); zeros when nothing was received.
+    fn from_micros(summary: Option<Summary>) -> Self {
+        #[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
+        let ms = |us: u64| us as f64 / 1000.0;
+        let s = summary.unwrap_or(Summary {
+            p50: 0,
+            p90: 0,
+            p99: 0,
+            max: 0,
+        });
+        Percentiles {
+            p50: ms(s.p50),
+            p90: ms(s.p90),
+            p99: ms(s.p99),
+            max: ms(s.max),
+        }
     }
-    let last = sorted.len() - 1;
-    #[allow(
-        clippy::float_arithmetic,
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss
-    )]
-    let rank = ((q * last as f64).round() as usize).min(last);
-    sorted[rank]
 }
 
 fn api_url(raw: &str) -> String {
@@ -279,19 +286,13 @@ pub async fn run(_config: &Config, args: BenchWebhooksArgs) -> anyhow::Result<Ex
 
     let hits = state.hits.lock().unwrap_or_else(|p| p.into_inner());
     let last_receipt = hits.values().map(|h| h.at).max();
-    let mut latencies: Vec<f64> = hits
+    let latencies: Vec<u64> = hits
         .values()
         .filter_map(|h| {
             h.created_at
-                .map(|c| (h.at - c).num_microseconds().unwrap_or(0))
-        })
-        .map(|us| {
-            #[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
-            let ms = us as f64 / 1000.0;
-            ms
+                .map(|c| u64::try_from((h.at - c).num_microseconds().unwrap_or(0)).unwrap_or(0))
         })
         .collect();
-    latencies.sort_by(f64::total_cmp);
     let received = u64::try_from(hits.len()).unwrap_or(u64::MAX);
     let invalid = u64::try_from(hits.values().filter(|h| !h.valid).count()).unwrap_or(0);
     let window = match (
@@ -312,12 +313,7 @@ pub async fn run(_config: &Config, args: BenchWebhooksArgs) -> anyhow::Result<Ex
         invalid_signatures: invalid,
         events_per_sec: created as f64 / created_in.as_secs_f64().max(1e-9),
         deliveries_per_sec: received as f64 / window.as_secs_f64().max(1e-9),
-        latency_ms: Percentiles {
-            p50: percentile(&latencies, 0.50),
-            p90: percentile(&latencies, 0.90),
-            p99: percentile(&latencies, 0.99),
-            max: latencies.last().copied().unwrap_or(0.0),
-        },
+        latency_ms: Percentiles::from_micros(Summary::of(latencies)),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -355,11 +351,11 @@ mod tests {
 
     #[test]
     fn percentiles_by_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 0.5), 51.0);
-        assert_eq!(percentile(&v, 0.99), 99.0);
-        assert_eq!(percentile(&v, 1.0), 100.0);
-        assert_eq!(percentile(&[], 0.5), 0.0);
+        // The same nearest-rank definition as `paystream bench`.
+        let p = Percentiles::from_micros(Summary::of((1..=100).map(|ms| ms * 1000).collect()));
+        assert_eq!((p.p50, p.p90, p.p99, p.max), (50.0, 90.0, 99.0, 100.0));
+        let none = Percentiles::from_micros(Summary::of(Vec::new()));
+        assert_eq!(none.max, 0.0);
         assert_eq!(api_url("127.0.0.1:8080/"), "http://127.0.0.1:8080");
         assert_eq!(api_url("https://x"), "https://x");
     }

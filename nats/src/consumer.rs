@@ -1,4 +1,5 @@
-//! The consume loop every worker runs, and the safety net for the messages it cannot settle.
+//! The consume loop every worker runs. The safety net for the messages it cannot settle (a
+//! worker that crashes or hangs on every delivery) is `max_deliveries`, run beside it.
 //!
 //! A worker supplies a [`Handler`]: decode nothing, parse nothing, just decide (pure decision
 //! plus I/O) and return an [`Outcome`]. The loop here owns everything around it: the durable
@@ -8,7 +9,7 @@
 //! # Wiring a worker
 //! ```no_run
 //! # use std::sync::Arc;
-//! # use paystream_nats::{consumer, ConsumerSpec, Stream, Topology, WorkerMetrics};
+//! # use paystream_nats::{consumer, max_deliveries, ConsumerSpec, Stream, Topology, WorkerMetrics};
 //! # async fn wire<H: paystream_nats::Handler>(handler: H) -> Result<(), paystream_nats::NatsError> {
 //! let topology = Topology::new("");
 //! let (client, js) = paystream_nats::connect("nats://127.0.0.1:4222").await?;
@@ -18,7 +19,7 @@
 //! let watch = tokio::spawn({
 //!     let (client, js, topology, shutdown) = (client.clone(), js.clone(), topology.clone(), shutdown.clone());
 //!     async move {
-//!         consumer::run_max_deliveries_watch(&client, &js, &topology, Stream::PaymentCommands, "confirm-worker", shutdown).await
+//!         max_deliveries::run_watch(&client, &js, &topology, Stream::PaymentCommands, "confirm-worker", shutdown).await
 //!     }
 //! });
 //! let metrics = Arc::new(WorkerMetrics::new());
@@ -27,7 +28,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +36,6 @@ use async_nats::jetstream::{self, consumer::pull, AckKind};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -47,11 +46,6 @@ use crate::dlq::{self, NewDeadLetter};
 use crate::metrics::WorkerMetrics;
 use crate::topology::{NatsError, Stream, Topology};
 
-/// The reason filed with a message that JetStream stopped redelivering because no delivery
-/// was ever acked (the worker died, hung, or lost its connection each time).
-pub const MAX_DELIVERIES_REASON: &str =
-    "max deliveries reached without an ack (worker crashed or hung)";
-
 /// How long one pull request waits on the server for messages. Short, because a pull request
 /// does not survive a nats-server restart: after one, the loop notices within this time (plus
 /// [`FETCH_GRACE`]) and asks again.
@@ -59,8 +53,6 @@ pub const FETCH_EXPIRES: Duration = Duration::from_secs(2);
 /// How long past [`FETCH_EXPIRES`] to wait for the server's end-of-request before giving the
 /// request up as lost.
 pub const FETCH_GRACE: Duration = Duration::from_secs(1);
-/// How often the max-deliveries watch sweeps for stranded messages whose advisory it missed.
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// How long an ack or a dead-letter publish may wait for the server's confirmation.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// The redelivery delay after a handler panicked, or when a dead letter could not be filed.
@@ -118,6 +110,11 @@ pub trait Handler: Send + Sync + 'static {
     fn object_id(_cmd: &Self::Command) -> Option<String> {
         None
     }
+
+    /// Whether the step may commit outbox rows (events, follow-up commands). A worker process
+    /// runs an outbox relay, and wakes it after each handled message, for steps that do; a
+    /// step that writes none (a webhook delivery) spares the relay a look per message.
+    const WRITES_OUTBOX: bool = true;
 }
 
 /// A durable pull consumer and how the loop drives it.
@@ -144,7 +141,7 @@ pub struct ConsumerSpec {
 }
 
 impl ConsumerSpec {
-    /// Defaults for a command consumer: five deliveries (DESIGN.md rule 4), a 90 s ack wait
+    /// Defaults for a command consumer: five deliveries (ARCHITECTURE.md, retries), a 90 s ack wait
     /// (above the 5-attempt in-process budget with 10 s acquirer timeouts: about 65 s), 16
     /// messages at once per process.
     pub fn new(
@@ -550,258 +547,6 @@ async fn nak(msg: &jetstream::Message, delay: Duration) {
     let kind = AckKind::Nak((!delay.is_zero()).then_some(delay));
     if let Err(e) = msg.ack_with(kind).await {
         tracing::warn!(error = %e, "nak failed; the message comes back after ack_wait");
-    }
-}
-
-/// The body of `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`.
-#[derive(Debug, Deserialize)]
-struct MaxDeliveriesAdvisory {
-    stream_seq: u64,
-    deliveries: u64,
-}
-
-/// The safety net for workers that crash or hang: when JetStream gives up redelivering a
-/// message (its `max_deliver` deliveries all went unacked), this files it as a dead letter
-/// and then deletes it from the work queue, where it would otherwise sit forever.
-///
-/// Several processes may run it for the same consumer: a queue group hands each advisory to
-/// one of them.
-///
-/// # Limit
-/// Advisories are core NATS messages and are not stored: one published while no watch runs
-/// (every worker down at that moment) is lost. A periodic sweep ([`StrandedSweeper`], run
-/// here at start-up and every [`SWEEP_INTERVAL`]) covers that case for work-queue streams:
-/// an unacked message at or below the consumer's ack floor will never be delivered again, so
-/// it is filed and deleted the same way. On EVENTS (limits retention, nothing is deleted) a
-/// missed advisory leaves the event where it is; events also live in PostgreSQL and can be
-/// redelivered through `POST /api/events/{id}/redeliver`.
-pub async fn run_max_deliveries_watch(
-    client: &async_nats::Client,
-    js: &jetstream::Context,
-    topology: &Topology,
-    stream: Stream,
-    durable: &str,
-    shutdown: CancellationToken,
-) -> Result<(), NatsError> {
-    let stream_name = topology.stream_name(stream);
-    let consumer = topology.consumer_name(durable);
-    let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream_name}.{consumer}");
-    let mut advisories = client
-        .queue_subscribe(subject.clone(), format!("{consumer}-max-deliveries"))
-        .await
-        .map_err(|source| NatsError::Subscribe {
-            subject: subject.clone(),
-            source,
-        })?;
-    let mut sweeper = StrandedSweeper::new(stream, durable);
-    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            advisory = advisories.next() => {
-                let Some(advisory) = advisory else {
-                    return Err(NatsError::js(
-                        "advisory subscription",
-                        std::io::Error::other("the NATS client was closed"),
-                    ));
-                };
-                if let Err(e) = on_max_deliveries(js, topology, stream, &advisory.payload).await {
-                    // The sweep retries it later.
-                    tracing::error!(error = %e, "cannot dead-letter a message past max deliveries");
-                }
-            }
-            _ = sweep.tick() => {
-                match sweeper.sweep(js, topology).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!(count = n, "stranded messages dead-lettered"),
-                    Err(e) => tracing::warn!(error = %e, "stranded-message sweep failed"),
-                }
-            }
-        }
-    }
-}
-
-async fn on_max_deliveries(
-    js: &jetstream::Context,
-    topology: &Topology,
-    stream: Stream,
-    payload: &[u8],
-) -> Result<(), NatsError> {
-    let advisory: MaxDeliveriesAdvisory =
-        serde_json::from_slice(payload).map_err(|e| NatsError::js("parse advisory", e))?;
-    let handle = js
-        .get_stream_no_info(topology.stream_name(stream))
-        .await
-        .map_err(|e| NatsError::js("open stream", e))?;
-    move_to_dead_letters(
-        js,
-        topology,
-        stream,
-        &handle,
-        advisory.stream_seq,
-        advisory.deliveries,
-        MAX_DELIVERIES_REASON,
-    )
-    .await
-    .map(|_| ())
-}
-
-/// Files the stream's message `seq` as a dead letter and, on a work queue, deletes it.
-/// Returns `false` when the message is already gone (handled by someone else).
-async fn move_to_dead_letters(
-    js: &jetstream::Context,
-    topology: &Topology,
-    stream: Stream,
-    handle: &jetstream::stream::Stream<()>,
-    seq: u64,
-    deliveries: u64,
-    reason: &str,
-) -> Result<bool, NatsError> {
-    use jetstream::stream::RawMessageErrorKind;
-    let msg = match handle.get_raw_message(seq).await {
-        Ok(msg) => msg,
-        Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => return Ok(false),
-        Err(e) => return Err(NatsError::js("read message", e)),
-    };
-    let subject = topology
-        .logical_subject(msg.subject.as_str())
-        .unwrap_or(msg.subject.as_str())
-        .to_owned();
-    let id = dlq::file(
-        js,
-        topology,
-        NewDeadLetter {
-            origin: stream,
-            origin_subject: &subject,
-            origin_sequence: seq,
-            deliveries,
-            last_error: reason,
-            object_id: None,
-            payload: msg.payload,
-        },
-    )
-    .await
-    .map_err(|e| NatsError::js("file dead letter", e))?;
-    tracing::warn!(
-        dead_letter = id,
-        seq,
-        subject,
-        reason,
-        "message dead-lettered"
-    );
-    if stream.is_work_queue() {
-        // Filed first, deleted second: a crash in between leaves a duplicate, not a loss.
-        handle
-            .delete_message(seq)
-            .await
-            .map_err(|e| NatsError::js("delete message", e))?;
-    }
-    Ok(true)
-}
-
-/// Finds work-queue messages that their consumer will never deliver again although nobody
-/// acked them: the ones whose max-deliveries advisory went unheard.
-///
-/// In a work queue an acked message is deleted, so a message still stored at or below the
-/// consumer's ack floor (or at or below its last delivered sequence when nothing is pending)
-/// was given up by JetStream. A message is filed only when two sweeps in a row see it, which
-/// keeps a message acked between our two reads (the ack moves the floor, then the delete
-/// follows) from being mistaken for a stranded one.
-#[derive(Debug)]
-pub struct StrandedSweeper {
-    stream: Stream,
-    durable: String,
-    suspects: HashSet<u64>,
-}
-
-/// The reason filed with a message the sweep found.
-pub const STRANDED_REASON: &str =
-    "max deliveries reached without an ack (worker crashed or hung); found by the sweep";
-
-impl StrandedSweeper {
-    pub fn new(stream: Stream, durable: &str) -> Self {
-        Self {
-            stream,
-            durable: durable.to_owned(),
-            suspects: HashSet::new(),
-        }
-    }
-
-    /// One pass; returns how many messages it dead-lettered.
-    pub async fn sweep(
-        &mut self,
-        js: &jetstream::Context,
-        topology: &Topology,
-    ) -> Result<usize, NatsError> {
-        use jetstream::stream::RawMessageErrorKind;
-        if !self.stream.is_work_queue() {
-            return Ok(0);
-        }
-        let handle = js
-            .get_stream_no_info(topology.stream_name(self.stream))
-            .await
-            .map_err(|e| NatsError::js("open stream", e))?;
-        let info = match handle
-            .consumer_info(topology.consumer_name(&self.durable))
-            .await
-        {
-            Ok(info) => info,
-            Err(e) => {
-                let missing = matches!(
-                    e.kind(),
-                    jetstream::context::ConsumerInfoErrorKind::NotFound
-                        | jetstream::context::ConsumerInfoErrorKind::StreamNotFound
-                );
-                if missing {
-                    // Not created yet: nothing can be stranded.
-                    return Ok(0);
-                }
-                return Err(NatsError::js("consumer info", e));
-            }
-        };
-        let bound = if info.num_ack_pending == 0 {
-            info.delivered.stream_sequence
-        } else {
-            info.ack_floor.stream_sequence
-        };
-        let filter = if info.config.filter_subject.is_empty() {
-            topology.subject(self.stream.logical_subjects())
-        } else {
-            info.config.filter_subject.clone()
-        };
-        let deliveries = u64::try_from(info.config.max_deliver).unwrap_or(0);
-        let mut seen = HashSet::new();
-        let mut filed = 0;
-        let mut next = 1;
-        while next <= bound {
-            let msg = match handle.get_first_raw_message_by_subject(&filter, next).await {
-                Ok(msg) if msg.sequence <= bound => msg,
-                Ok(_) => break,
-                Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => break,
-                Err(e) => return Err(NatsError::js("scan stream", e)),
-            };
-            next = msg.sequence + 1;
-            if self.suspects.contains(&msg.sequence) {
-                if move_to_dead_letters(
-                    js,
-                    topology,
-                    self.stream,
-                    &handle,
-                    msg.sequence,
-                    deliveries,
-                    STRANDED_REASON,
-                )
-                .await?
-                {
-                    filed += 1;
-                }
-            } else {
-                seen.insert(msg.sequence);
-            }
-        }
-        self.suspects = seen;
-        Ok(filed)
     }
 }
 

@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 //! The NATS side of paystream: the JetStream topology (streams, subjects, consumer names), the
-//! transactional-outbox relay, the generic consume loop every worker runs, and the dead-letter
+//! transactional-outbox relay, the generic consume loop every worker runs with its
+//! max-deliveries safety net, and the dead-letter
 //! library behind `paystream dlq`.
 //!
 //! Every arrow through here is at-least-once: the relay may publish a row twice (JetStream's
@@ -9,6 +10,7 @@
 
 pub mod consumer;
 pub mod dlq;
+pub mod max_deliveries;
 pub mod metrics;
 pub mod relay;
 pub mod topology;

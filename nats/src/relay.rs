@@ -1,9 +1,10 @@
-//! The transactional-outbox relay (DESIGN.md rule 1): publishes the rows the API and the
+//! The transactional-outbox relay (ARCHITECTURE.md, "Data flow"): publishes the rows the API and the
 //! workers wrote in their own transactions, with `Nats-Msg-Id` = the row id, then marks them.
 //!
 //! A crash between publishing and marking re-publishes the rows later under the same ids,
 //! and JetStream drops them inside the duplicate window. Several relays may run at once:
-//! `FOR UPDATE SKIP LOCKED` gives each its own rows.
+//! `FOR UPDATE SKIP LOCKED` gives each its own rows. The rows are read and written only
+//! through `paystream_shared::store::outbox`.
 //!
 //! Every process that writes outbox rows runs a relay and wakes it through a [`Waker`] after
 //! its own commits, so a row goes out without polling delay. The outbox used to wake relays
@@ -17,10 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
+use paystream_shared::store::outbox;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::topology::Topology;
@@ -75,23 +76,11 @@ pub async fn relay_once(
     topology: &Topology,
     batch: i64,
 ) -> Result<usize, RelayError> {
-    // Relays are woken often and several run at once, so most wake-ups find nothing of their
-    // own: one cheap autocommit read (on the partial index) spares those a transaction.
-    let queued: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)")
-            .fetch_one(pool)
-            .await?;
-    if !queued {
+    if !outbox::any_unpublished(pool).await? {
         return Ok(0);
     }
     let mut tx = pool.begin().await?;
-    let rows: Vec<(Uuid, String, serde_json::Value)> = sqlx::query_as(
-        "SELECT id, subject, payload FROM outbox WHERE published_at IS NULL \
-         ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(batch)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows = outbox::claim_unpublished(&mut tx, batch).await?;
     if rows.is_empty() {
         tx.commit().await?;
         return Ok(0);
@@ -101,14 +90,17 @@ pub async fn relay_once(
     let mut pending = Vec::with_capacity(attempted);
     let mut failure: Option<async_nats::Error> = None;
     let mut unroutable = 0;
-    for (id, subject, payload) in &rows {
+    for row in &rows {
         // Serializing a `Value` cannot fail; JSONB only holds what JSON can express.
-        let body = serde_json::to_vec(payload).unwrap_or_default();
+        let body = serde_json::to_vec(&row.payload).unwrap_or_default();
         let publish = PublishMessage::build()
             .payload(body.into())
-            .message_id(id.to_string());
-        match js.send_publish(topology.subject(subject), publish).await {
-            Ok(ack) => pending.push((*id, ack)),
+            .message_id(row.id.to_string());
+        match js
+            .send_publish(topology.subject(&row.subject), publish)
+            .await
+        {
+            Ok(ack) => pending.push((row.id, ack)),
             Err(e) if is_row_specific(&e) => {
                 // This row can never go out as it is; it must not hold up the ones behind it.
                 unroutable += 1;
@@ -142,12 +134,7 @@ pub async fn relay_once(
         }
     }
 
-    if !acked.is_empty() {
-        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
-            .bind(&acked)
-            .execute(&mut *tx)
-            .await?;
-    }
+    outbox::mark_published(&mut tx, &acked).await?;
     tx.commit().await?;
     match failure {
         None => Ok(acked.len()),

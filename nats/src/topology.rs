@@ -13,7 +13,7 @@ use async_nats::{ConnectOptions, Event};
 /// about a second (its poll), so real duplicates arrive seconds apart. Two minutes leaves room
 /// for a slow restart while bounding what the server keeps in memory (at 5,000 messages a
 /// second that is 600,000 ids per stream). A duplicate that arrives later still gets through,
-/// and rule 2 of DESIGN.md (idempotent consumers) makes that harmless.
+/// and idempotent consumers (ARCHITECTURE.md) make that harmless.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// How long a dead letter is kept before JetStream discards it.

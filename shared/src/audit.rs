@@ -1,14 +1,15 @@
 //! The audit log: append-only (the database refuses UPDATE, DELETE and TRUNCATE) and
-//! hash-chained per object (a trigger computes `prev_hash` and `hash` on insert, see
-//! migrations). This module appends entries, lists them, and verifies the chain.
+//! hash-chained per object (a trigger takes the object's lock, then computes the entry's place
+//! `object_seq`, `prev_hash` and `hash` on insert, see migrations 0001 and 0011).
+//! This module appends entries, lists them, and verifies the chain.
+
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgPool};
-
-use crate::domain::ids::IdKind;
+use sqlx::PgPool;
 
 /// Who did something: an API key, a worker, the reconciliation job, or an operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,26 +42,9 @@ pub struct NewEntry<'a> {
     pub after: Option<serde_json::Value>,
 }
 
-/// Appends one entry inside the caller's transaction, so the entry commits or rolls back with
-/// the change it describes.
-pub async fn append(conn: &mut PgConnection, entry: NewEntry<'_>) -> Result<String, sqlx::Error> {
-    let id = IdKind::Audit.generate();
-    sqlx::query(
-        "INSERT INTO audit_log (id, merchant_id, object_type, object_id, action, actor, before, after, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', '')",
-    )
-    .bind(&id)
-    .bind(entry.merchant_id)
-    .bind(entry.object_type)
-    .bind(entry.object_id)
-    .bind(entry.action)
-    .bind(entry.actor.render())
-    .bind(entry.before)
-    .bind(entry.after)
-    .execute(conn)
-    .await?;
-    Ok(id)
-}
+/// Appending lives with the other table writes in the store; re-exported so callers name it
+/// beside the rest of the audit log.
+pub use crate::store::audit_log::append;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
@@ -138,23 +122,36 @@ struct ChainRow {
     seq: i64,
     id: String,
     object_id: String,
+    object_seq: i64,
     prev_hash: Vec<u8>,
     hash: Vec<u8>,
     payload: String,
 }
 
-/// Walks every chain and recomputes every hash. An entry edited behind the trigger's back (its
-/// content no longer matches its hash), or a link that does not match the entry before it,
-/// is reported.
+/// Why an entry does not hold.
+pub const EDITED: &str = "content does not match its hash";
+pub const BAD_LINK: &str = "prev_hash does not match the entry before it";
+pub const FORKED: &str =
+    "forks the chain: links to an earlier entry than the one before it (appends that raced before migration 0011)";
+pub const MISSING: &str = "an entry is missing before it";
+
+/// Walks every object's chain in chain order (`object_seq`, which the trigger assigns under
+/// the object's lock) and recomputes every hash. An entry edited behind the trigger's back
+/// (its content no longer matches its hash), a link that does not match the entry before it,
+/// or a gap in the positions is reported; so is a fork left by concurrent appends before the
+/// chain recorded its positions, under its own reason, since nobody edited anything there.
 pub async fn verify(pool: &PgPool) -> Result<VerifyReport, sqlx::Error> {
     let mut rows = sqlx::query_as::<_, ChainRow>(
-        "SELECT a.seq, a.id, a.object_id, a.prev_hash, a.hash, audit_payload(a) AS payload
-         FROM audit_log a ORDER BY a.object_id, a.seq",
+        "SELECT a.seq, a.id, a.object_id, a.object_seq, a.prev_hash, a.hash, audit_payload(a) AS payload
+         FROM audit_log a ORDER BY a.object_id, a.object_seq",
     )
     .fetch(pool);
     let zero = vec![0u8; 32];
     let mut current_object: Option<String> = None;
     let mut expected_prev = zero.clone();
+    let mut expected_place = 1i64;
+    // Hashes of this chain's earlier entries, to tell a fork from a broken link.
+    let mut earlier: HashSet<Vec<u8>> = HashSet::new();
     let mut entries = 0u64;
     let mut first_bad: Option<BadEntry> = None;
     while let Some(row) = rows.try_next().await? {
@@ -162,15 +159,23 @@ pub async fn verify(pool: &PgPool) -> Result<VerifyReport, sqlx::Error> {
         if current_object.as_deref() != Some(row.object_id.as_str()) {
             current_object = Some(row.object_id.clone());
             expected_prev = zero.clone();
+            expected_place = 1;
+            earlier.clear();
         }
         let mut hasher = Sha256::new();
         hasher.update(&row.prev_hash);
         hasher.update(row.payload.as_bytes());
         let computed = hasher.finalize().to_vec();
         let reason = if row.prev_hash != expected_prev {
-            Some("prev_hash does not match the entry before it")
+            if earlier.contains(&row.prev_hash) && computed == row.hash {
+                Some(FORKED)
+            } else {
+                Some(BAD_LINK)
+            }
         } else if computed != row.hash {
-            Some("content does not match its hash")
+            Some(EDITED)
+        } else if row.object_seq != expected_place {
+            Some(MISSING)
         } else {
             None
         };
@@ -184,6 +189,8 @@ pub async fn verify(pool: &PgPool) -> Result<VerifyReport, sqlx::Error> {
                 });
             }
         }
+        expected_place = row.object_seq + 1;
+        earlier.insert(expected_prev);
         expected_prev = row.hash;
     }
     Ok(VerifyReport { entries, first_bad })

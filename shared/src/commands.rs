@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 pub const SUBJECT_PAYMENT_CONFIRM: &str = "cmd.payment.confirm";
 pub const SUBJECT_PAYMENT_CAPTURE: &str = "cmd.payment.capture";
 pub const SUBJECT_PAYMENT_CANCEL: &str = "cmd.payment.cancel";
+pub const SUBJECT_PAYMENT_RETURN: &str = "cmd.payment.return";
 pub const SUBJECT_REFUND_PROCESS: &str = "cmd.refund.process";
 pub const SUBJECT_WEBHOOK_DELIVER: &str = "cmd.webhook.deliver";
 pub const SUBJECT_PROVIDER_EVENT: &str = "cmd.provider_event.process";
@@ -13,22 +14,39 @@ pub const SUBJECT_PROVIDER_EVENT: &str = "cmd.provider_event.process";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum PaymentCommand {
+    /// `intent_version` is the intent's version when the command was issued (see
+    /// `store::payment_intents::next_version`): a worker finding another version knows the
+    /// command is for a state the intent has left. Optional, so a message written before it
+    /// existed still decodes.
     #[serde(rename = "payment.confirm.v1", rename_all = "camelCase")]
     ConfirmV1 {
         payment_intent_id: String,
         merchant_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        intent_version: Option<i64>,
     },
     #[serde(rename = "payment.capture.v1", rename_all = "camelCase")]
     CaptureV1 {
         payment_intent_id: String,
         merchant_id: String,
         amount_to_capture: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        intent_version: Option<i64>,
     },
     /// Voids an authorization at the acquirer after the intent was canceled.
     #[serde(rename = "payment.cancel.v1", rename_all = "camelCase")]
     CancelV1 {
         payment_intent_id: String,
         merchant_id: String,
+    },
+    /// Gives back the money of a charge the acquirer holds for an intent that is `failed` or
+    /// `canceled` (an orphan charge): voided if only authorized, refunded if captured, with
+    /// idempotency keys derived from the charge, so it happens once however often it is sent.
+    #[serde(rename = "payment.return_orphan.v1", rename_all = "camelCase")]
+    ReturnOrphanV1 {
+        payment_intent_id: String,
+        merchant_id: String,
+        charge_id: String,
     },
 }
 
@@ -56,6 +74,7 @@ impl PaymentCommand {
             PaymentCommand::ConfirmV1 { .. } => SUBJECT_PAYMENT_CONFIRM,
             PaymentCommand::CaptureV1 { .. } => SUBJECT_PAYMENT_CAPTURE,
             PaymentCommand::CancelV1 { .. } => SUBJECT_PAYMENT_CANCEL,
+            PaymentCommand::ReturnOrphanV1 { .. } => SUBJECT_PAYMENT_RETURN,
         }
     }
 
@@ -68,6 +87,9 @@ impl PaymentCommand {
                 payment_intent_id, ..
             }
             | PaymentCommand::CancelV1 {
+                payment_intent_id, ..
+            }
+            | PaymentCommand::ReturnOrphanV1 {
                 payment_intent_id, ..
             } => payment_intent_id,
         }
@@ -130,6 +152,7 @@ mod tests {
         let c = PaymentCommand::ConfirmV1 {
             payment_intent_id: "pi_1".into(),
             merchant_id: "mer_1".into(),
+            intent_version: None,
         };
         let v = c.to_json();
         assert_eq!(
@@ -143,8 +166,24 @@ mod tests {
             payment_intent_id: "pi_2".into(),
             merchant_id: "m".into(),
             amount_to_capture: 5,
+            intent_version: Some(7),
         };
         assert_eq!(cap.subject(), SUBJECT_PAYMENT_CAPTURE);
+        assert_eq!(cap.to_json()["intentVersion"], 7);
+        assert_eq!(
+            serde_json::from_value::<PaymentCommand>(cap.to_json()).unwrap(),
+            cap
+        );
+        // A capture queued before commands carried the version still decodes.
+        let old = serde_json::json!({"type": "payment.capture.v1", "paymentIntentId": "pi_2",
+                                     "merchantId": "m", "amountToCapture": 5});
+        assert!(matches!(
+            serde_json::from_value::<PaymentCommand>(old).unwrap(),
+            PaymentCommand::CaptureV1 {
+                intent_version: None,
+                ..
+            }
+        ));
         assert_eq!(
             PaymentCommand::CancelV1 {
                 payment_intent_id: "pi_3".into(),
@@ -153,6 +192,14 @@ mod tests {
             .subject(),
             SUBJECT_PAYMENT_CANCEL
         );
+        let orphan = PaymentCommand::ReturnOrphanV1 {
+            payment_intent_id: "pi_4".into(),
+            merchant_id: "m".into(),
+            charge_id: "ch_4".into(),
+        };
+        assert_eq!(orphan.subject(), SUBJECT_PAYMENT_RETURN);
+        assert_eq!(orphan.to_json()["type"], "payment.return_orphan.v1");
+        assert_eq!(orphan.to_json()["chargeId"], "ch_4");
         assert!(
             serde_json::from_str::<PaymentCommand>(r#"{"type":"payment.confirm.v9"}"#).is_err()
         );

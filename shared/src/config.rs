@@ -1,5 +1,5 @@
 //! Configuration: documented defaults, overridden by the environment, validated at start-up.
-//! CONTRACT.md's table is the source of the names and defaults below.
+//! README.md's configuration table lists the names and defaults below.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -68,7 +68,7 @@ pub struct Config {
     /// AES-256-GCM key that seals webhook signing secrets at rest (32 bytes, base64 in the
     /// environment). The development default is public: set your own outside development.
     pub webhook_secret_key: Secret<[u8; 32]>,
-    /// How long one webhook delivery attempt may take (CONTRACT.md: 10 s; tests shrink it).
+    /// How long one webhook delivery attempt may take (10 s, docs/webhooks.md; tests shrink it).
     pub webhook_timeout: Duration,
     /// How often the scheduler's leader reconciles with the acquirer (default 15 minutes).
     pub reconcile_interval: Duration,

@@ -12,7 +12,6 @@ pub use paystream_domain::secret;
 pub use paystream_telemetry as telemetry;
 
 pub mod audit;
-pub mod change;
 pub mod commands;
 pub mod config;
 pub mod db;

@@ -1,46 +1,14 @@
-//! Writing to the transactional outbox. Callers pass their open transaction: the row commits
-//! with the state change it announces, or not at all. The relay (in the nats crate) publishes it.
+//! The transactional outbox as its writers see it: messages and events queued in the caller's
+//! open transaction, so they commit with the state change they announce, or not at all. The
+//! SQL lives in `store::outbox` and `store::events`; the relay (in the nats crate) publishes.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use crate::domain::ids::IdKind;
 
-/// Queues one message for `subject` (without the stream prefix; the relay adds it).
-/// The returned id becomes the message's `Nats-Msg-Id`.
-pub async fn enqueue(
-    conn: &mut PgConnection,
-    subject: &str,
-    payload: &serde_json::Value,
-) -> Result<Uuid, sqlx::Error> {
-    let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO outbox (id, subject, payload) VALUES ($1, $2, $3)")
-        .bind(id)
-        .bind(subject)
-        .bind(payload)
-        .execute(conn)
-        .await?;
-    Ok(id)
-}
-
-/// Like [`enqueue`], under an id the caller chose first: the webhook pipeline records the id
-/// (which becomes the `Nats-Msg-Id`) on the delivery row the message drives.
-pub async fn enqueue_with_id(
-    conn: &mut PgConnection,
-    id: Uuid,
-    subject: &str,
-    payload: &serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO outbox (id, subject, payload) VALUES ($1, $2, $3)")
-        .bind(id)
-        .bind(subject)
-        .bind(payload)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
+pub use crate::store::outbox::{enqueue, enqueue_with_id};
 
 /// What the EVENTS stream carries and what a webhook's body is built from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,15 +43,7 @@ pub async fn record_event(
         created_at: crate::domain::now(),
         data,
     };
-    sqlx::query("INSERT INTO events (id, merchant_id, type, object_id, data, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(&envelope.id)
-        .bind(merchant_id)
-        .bind(event_type)
-        .bind(object_id)
-        .bind(&envelope.data)
-        .bind(envelope.created_at)
-        .execute(&mut *conn)
-        .await?;
+    crate::store::events::insert(&mut *conn, &envelope, object_id).await?;
     let payload = serde_json::to_value(&envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     enqueue(conn, &event_subject(event_type), &payload).await?;
     Ok(envelope)

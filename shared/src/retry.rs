@@ -1,4 +1,4 @@
-//! The one backoff schedule every retry in paystream follows (CONTRACT.md, DESIGN.md rule 4):
+//! The one backoff schedule every retry in paystream follows (docs/webhooks.md, docs/acquirer.md):
 //! delay(n) = base * 2^(n-1) + uniform(0, base), for attempts n = 1.. up to a maximum.
 //! With base = 1 s that is 1-2 s, 2-3 s, 4-5 s, 8-9 s. In-process retries feed it to backon;
 //! nak delays and webhook retries call [`RetrySchedule::delay_for_attempt`] directly.

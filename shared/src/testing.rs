@@ -23,6 +23,30 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
+        let db = Self::empty().await;
+        crate::db::migrate(&db.pool)
+            .await
+            .expect("migrate test database");
+        db
+    }
+
+    /// A database with only the migrations older than `version` applied, to test a migration
+    /// against the data the ones before it left; [`crate::db::migrate`] applies the rest.
+    pub async fn migrated_before(version: i64) -> TestDb {
+        let db = Self::empty().await;
+        let older = sqlx::migrate::Migrator {
+            migrations: crate::db::MIGRATOR
+                .iter()
+                .filter(|m| m.version < version)
+                .cloned()
+                .collect(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        older.run(&db.pool).await.expect("migrate test database");
+        db
+    }
+
+    async fn empty() -> TestDb {
         let name = format!("paystream_test_{}", uuid::Uuid::new_v4().simple());
         let url = format!("{}/{}", database_server_url(), name);
         crate::db::ensure_database(&url)
@@ -31,9 +55,6 @@ impl TestDb {
         let pool = crate::db::connect(&url, 10)
             .await
             .expect("connect test database");
-        crate::db::migrate(&pool)
-            .await
-            .expect("migrate test database");
         TestDb { name, url, pool }
     }
 }

@@ -16,7 +16,10 @@ use poem_openapi::{Enum, Object};
 #[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentErrorView {
+    /// Why the payment failed, e.g. `card_declined`, `authentication_failed`.
     pub code: String,
+    /// The issuer's reason for a decline, e.g. `insufficient_funds`.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub decline_code: Option<String>,
     pub message: String,
 }
@@ -26,7 +29,10 @@ pub struct PaymentErrorView {
 #[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
 #[serde(rename_all = "camelCase")]
 pub struct RedirectToUrlView {
+    /// The issuer's 3-D Secure challenge page; send the cardholder's browser there.
     pub url: String,
+    /// Where the browser is sent back to once the challenge is done.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub return_url: Option<String>,
 }
 
@@ -49,30 +55,101 @@ pub struct NextActionView {
     pub redirect_to_url: RedirectToUrlView,
 }
 
+/// Declares a string enum of the API's, serialized in snake_case, with its conversion from
+/// the domain's enum of the same variants.
+macro_rules! view_enum {
+    ($(#[$doc:meta])* $name:ident from $domain:path { $($variant:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(Enum))]
+        #[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl From<$domain> for $name {
+            fn from(value: $domain) -> Self {
+                use $domain as D;
+                match value {
+                    $(D::$variant => $name::$variant),+
+                }
+            }
+        }
+
+        impl From<$name> for $domain {
+            fn from(value: $name) -> Self {
+                use $domain as D;
+                match value {
+                    $($name::$variant => D::$variant),+
+                }
+            }
+        }
+    };
+}
+
+view_enum! {
+    /// Where a payment intent is in its life.
+    PaymentIntentStatusView from crate::domain::payment_intent::PaymentIntentStatus {
+        RequiresPaymentMethod, RequiresConfirmation, RequiresAction, Processing,
+        RequiresCapture, Succeeded, Failed, Canceled, Refunded,
+    }
+}
+
+view_enum! {
+    /// `automatic` captures the payment when it is authorized; `manual` holds the
+    /// authorization (`requires_capture`) until it is captured or canceled.
+    CaptureMethodView from crate::domain::payment_intent::CaptureMethod { Automatic, Manual }
+}
+
+view_enum! {
+    /// Where a refund is: `pending` until the acquirer settles it.
+    RefundStatusView from crate::domain::refund::RefundStatus { Pending, Succeeded, Failed }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(Object))]
 #[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentIntentView {
+    /// `pi_...`
     pub id: String,
-    /// Integer count of the currency's minor unit.
+    /// What is to be paid: an integer count of the currency's minor unit (1099 is 10.99 USD).
     pub amount: i64,
+    /// What can still be captured of an authorization (manual capture), in minor units.
     pub amount_capturable: i64,
+    /// What was captured, in minor units.
     pub amount_received: i64,
+    /// What settled refunds gave back, in minor units.
     pub amount_refunded: i64,
+    /// ISO 4217 code, lowercase.
     pub currency: String,
-    /// One of CONTRACT.md's statuses, e.g. `requires_confirmation`, `processing`, `succeeded`.
-    pub status: String,
+    pub status: PaymentIntentStatusView,
+    /// Your own customer reference, as sent.
     pub customer_id: String,
+    /// The payment method to charge: a test method such as `pm_card_visa`, or `null` until
+    /// one is attached.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub payment_method_id: Option<String>,
-    /// `automatic` or `manual`.
-    pub capture_method: String,
+    pub capture_method: CaptureMethodView,
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub description: Option<String>,
+    /// Your own key-value pairs (at most 50 keys).
     pub metadata: BTreeMap<String, String>,
+    /// Why the last attempt failed; `null` unless it did.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub last_payment_error: Option<PaymentErrorView>,
+    /// What the customer must do next (a 3-D Secure redirect) in `requires_action`; `null`
+    /// otherwise.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub next_action: Option<NextActionView>,
+    /// Until when a `requires_capture` authorization can be captured.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub authorization_expires_at: Option<DateTime<Utc>>,
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub canceled_at: Option<DateTime<Utc>>,
+    /// `duplicate`, `fraudulent`, `requested_by_customer`, `abandoned` or `expired`.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub cancellation_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -83,16 +160,22 @@ pub struct PaymentIntentView {
 #[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
 #[serde(rename_all = "camelCase")]
 pub struct RefundView {
+    /// `re_...`
     pub id: String,
     pub payment_intent_id: String,
     /// Integer count of the currency's minor unit.
     pub amount: i64,
     pub currency: String,
+    /// `duplicate`, `fraudulent` or `requested_by_customer`.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub reason: Option<String>,
-    /// `pending`, `succeeded` or `failed`.
-    pub status: String,
+    pub status: RefundStatusView,
+    /// Why the acquirer refused the refund; `null` unless it is `failed`.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// When the refund settled or failed.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub processed_at: Option<DateTime<Utc>>,
 }
 
@@ -146,6 +229,7 @@ pub struct CardView {
 #[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
 #[serde(rename_all = "camelCase")]
 pub struct BankAccountView {
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub bank_name: Option<String>,
     pub last4: String,
     pub routing_number: String,
@@ -165,11 +249,17 @@ pub struct PaymentMethodView {
     #[cfg_attr(feature = "openapi", oai(rename = "type"))]
     pub method_type: PaymentMethodType,
     /// `null` once detached.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub customer_id: Option<String>,
+    /// Set when `type` is `card`.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub card: Option<CardView>,
+    /// Set when `type` is `bank_account`.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub bank_account: Option<BankAccountView>,
     pub created_at: DateTime<Utc>,
     /// When the method was detached; a detached method cannot be used to confirm.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub detached_at: Option<DateTime<Utc>>,
 }
 
@@ -189,10 +279,10 @@ impl IntentView for crate::domain::payment_intent::PaymentIntent {
             amount_received: self.amount_received.minor_units(),
             amount_refunded: self.amount_refunded.minor_units(),
             currency: self.currency.code().to_owned(),
-            status: self.status.as_str().to_owned(),
+            status: self.status.into(),
             customer_id: self.customer_id.clone(),
             payment_method_id: self.payment_method_id.clone(),
-            capture_method: self.capture_method.as_str().to_owned(),
+            capture_method: self.capture_method.into(),
             description: self.description.clone(),
             metadata: self.metadata.clone(),
             last_payment_error: self.last_payment_error.as_ref().map(|e| PaymentErrorView {

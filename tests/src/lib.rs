@@ -443,7 +443,7 @@ impl TestApp {
         })
     }
 
-    /// Sets the simulator's faults (CONTRACT.md `POST /sim/faults`).
+    /// Sets the simulator's faults (docs/acquirer.md, `POST /sim/faults`).
     pub async fn sim_faults(&self, faults: Value) {
         let r = self
             .http

@@ -11,28 +11,29 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::TimeDelta;
+use serde_json::json;
 use sqlx::PgPool;
 
 use paystream_nats::consumer::{DeliveryInfo, Handler, Outcome};
-use paystream_shared::audit::Actor;
+use paystream_shared::audit::{self, Actor, NewEntry};
 use paystream_shared::commands::PaymentCommand;
 use paystream_shared::domain::money::Amount;
+use paystream_shared::domain::outcome::{event_type_for, ChargeOutcome};
 use paystream_shared::domain::payment_intent::{
-    CaptureMethod, PaymentError, PaymentIntent, PaymentIntentStatus, RedirectAction,
+    CaptureMethod, PaymentError, PaymentIntent, PaymentIntentStatus,
 };
 use paystream_shared::retry::RetrySchedule;
 use paystream_shared::store::payment_intents as store;
 use paystream_shared::store::StoreError;
 
 use crate::acquirer::{
-    with_retries, Acquirer, AcquirerError, AuthorizeRequest, CaptureRequest, PaymentOutcome,
-    VoidRequest,
+    with_retries, Acquirer, AcquirerError, AuthorizeRequest, CaptureRequest, ChargeStatus,
+    RefundRequest, VoidRequest,
 };
 
 pub const WORKER: &str = "confirm-worker";
-/// How long an uncaptured authorization is held (CONTRACT.md: 7 days).
-pub const AUTHORIZATION_TTL: TimeDelta = TimeDelta::days(7);
+/// The audit action recording that an orphan charge's money went back to the customer.
+pub const ORPHAN_RETURNED_ACTION: &str = "payment_intent.orphan_charge_returned";
 
 pub struct ConfirmWorker {
     pool: PgPool,
@@ -60,12 +61,21 @@ impl ConfirmWorker {
         store::get(&self.pool, merchant_id, id).await
     }
 
-    async fn confirm(&self, id: &str, merchant_id: &str, delivery: &DeliveryInfo) -> Outcome {
+    async fn confirm(
+        &self,
+        id: &str,
+        merchant_id: &str,
+        version: Option<i64>,
+        delivery: &DeliveryInfo,
+    ) -> Outcome {
         let intent = match self.load(id, merchant_id).await {
             Ok(Some(pi)) => pi,
             Ok(None) => return Outcome::DeadLetter(format!("payment intent {id} does not exist")),
             Err(e) => return self.retry_after(e.to_string(), delivery),
         };
+        if is_stale(&intent, version) {
+            return Outcome::Ack;
+        }
         // Only a `processing` intent without a charge is waiting for its authorization; a
         // capture in flight also sits in `processing`, but already has its charge.
         if intent.status != PaymentIntentStatus::Processing || intent.acquirer_charge_id.is_some() {
@@ -88,7 +98,10 @@ impl ConfirmWorker {
         let acquirer = self.acquirer.clone();
         let result = with_retries(&self.schedule, || acquirer.authorize(&request)).await;
         match result {
-            Ok(outcome) => self.record_authorization(&intent, outcome, delivery).await,
+            Ok(outcome) => {
+                self.record_authorization(&intent, outcome.into_charge_outcome(), delivery)
+                    .await
+            }
             // The acquirer kept answering that it cannot process this card, through every
             // in-process attempt of every delivery: as Stripe does, the payment fails with
             // `processing_error` and the customer may try again, instead of the intent sitting
@@ -111,35 +124,29 @@ impl ConfirmWorker {
                 }
                 self.record_authorization(
                     &intent,
-                    PaymentOutcome::Declined {
-                        code: "processing_error".to_owned(),
-                        decline_code: None,
-                        message: "An error occurred while processing the card. Try again later."
-                            .to_owned(),
+                    ChargeOutcome::Declined {
+                        charge_id: None,
+                        error: PaymentError {
+                            code: "processing_error".to_owned(),
+                            decline_code: None,
+                            message:
+                                "An error occurred while processing the card. Try again later."
+                                    .to_owned(),
+                        },
                     },
                     delivery,
                 )
                 .await
             }
             Err(e) if e.is_transient() => self.retry_after(e.to_string(), delivery),
-            Err(AcquirerError::Rejected {
-                status,
-                code,
-                message,
-            }) => {
-                tracing::warn!(payment_intent = id, status, %code, "acquirer rejected the authorization");
-                // The acquirer refused the request itself: retrying cannot help, so the payment
-                // fails with the acquirer's reason, like a decline.
-                self.record_authorization(
-                    &intent,
-                    PaymentOutcome::Declined {
-                        code,
-                        decline_code: None,
-                        message,
-                    },
-                    delivery,
-                )
-                .await
+            // A 4xx that is not the issuer's decline (declines are 402s, and outcomes) means the
+            // acquirer could not read our request: an integration error, not the customer's
+            // card. The intent stays `processing` for reconciliation, and an operator looks.
+            Err(e @ AcquirerError::Rejected { .. }) => {
+                tracing::error!(payment_intent = id, error = %e, "acquirer rejected the authorization request");
+                Outcome::DeadLetter(format!(
+                    "the acquirer rejected the authorization of {id} ({e}); this is an integration error, not a decline: the intent stays processing until it is fixed and reconciled"
+                ))
             }
             Err(e) => self.retry_after(e.to_string(), delivery),
         }
@@ -148,95 +155,33 @@ impl ConfirmWorker {
     async fn record_authorization(
         &self,
         intent: &PaymentIntent,
-        outcome: PaymentOutcome,
+        outcome: ChargeOutcome,
         delivery: &DeliveryInfo,
     ) -> Outcome {
-        let actor = Actor::Worker(WORKER);
-        let result = async {
-            // Each outcome is one transition, and a transition is one statement: atomic without
-            // a transaction around it.
-            let mut conn = self.pool.acquire().await?;
-            match outcome {
-                PaymentOutcome::Captured { charge_id, amount } => {
-                    store::transition(
-                        &mut conn,
-                        intent,
-                        PaymentIntentStatus::Succeeded,
-                        &actor,
-                        Some("payment_intent.succeeded"),
-                        |pi| {
-                            pi.acquirer_charge_id = Some(charge_id);
-                            pi.amount_received = Amount::from_stored(amount);
-                            pi.amount_capturable = Amount::ZERO;
-                            pi.next_action = None;
-                        },
-                    )
-                    .await?;
-                }
-                PaymentOutcome::Authorized { charge_id, amount } => {
-                    store::transition(
-                        &mut conn,
-                        intent,
-                        PaymentIntentStatus::RequiresCapture,
-                        &actor,
-                        Some("payment_intent.amount_capturable_updated"),
-                        |pi| {
-                            pi.acquirer_charge_id = Some(charge_id);
-                            pi.amount_capturable = Amount::from_stored(amount);
-                            pi.authorization_expires_at =
-                                Some(paystream_shared::domain::now() + AUTHORIZATION_TTL);
-                            pi.next_action = None;
-                        },
-                    )
-                    .await?;
-                }
-                PaymentOutcome::Declined {
-                    code,
-                    decline_code,
-                    message,
-                } => {
-                    store::transition(
-                        &mut conn,
-                        intent,
-                        PaymentIntentStatus::Failed,
-                        &actor,
-                        Some("payment_intent.payment_failed"),
-                        |pi| {
-                            pi.last_payment_error = Some(PaymentError {
-                                code,
-                                decline_code,
-                                message,
-                            });
-                            pi.next_action = None;
-                        },
-                    )
-                    .await?;
-                }
-                PaymentOutcome::ActionRequired {
-                    charge_id,
-                    redirect_url,
-                } => {
-                    store::transition(
-                        &mut conn,
-                        intent,
-                        PaymentIntentStatus::RequiresAction,
-                        &actor,
-                        Some("payment_intent.requires_action"),
-                        |pi| {
-                            pi.acquirer_charge_id = Some(charge_id);
-                            pi.next_action = Some(RedirectAction {
-                                url: redirect_url,
-                                return_url: pi.return_url.clone(),
-                            });
-                        },
-                    )
-                    .await?;
-                }
-            }
-            Ok::<(), StoreError>(())
-        }
-        .await;
+        let result = self.record(intent, &outcome).await;
         self.settle(intent, result, delivery)
+    }
+
+    /// Moves `intent` where the acquirer's `outcome` puts it, guarded on the version read, so an
+    /// intent that moved on meanwhile (even back into `processing`, by a capture) is left alone.
+    /// One transition is one statement: atomic without a transaction around it.
+    async fn record(
+        &self,
+        intent: &PaymentIntent,
+        outcome: &ChargeOutcome,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let to = outcome.status();
+        store::transition(
+            &mut conn,
+            intent,
+            to,
+            &Actor::Worker(WORKER),
+            Some(event_type_for(to)),
+            |pi| outcome.apply(pi, to, paystream_shared::domain::now()),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Turns a commit result into the message's fate.
@@ -267,6 +212,7 @@ impl ConfirmWorker {
         id: &str,
         merchant_id: &str,
         amount: i64,
+        version: Option<i64>,
         delivery: &DeliveryInfo,
     ) -> Outcome {
         let intent = match self.load(id, merchant_id).await {
@@ -274,6 +220,9 @@ impl ConfirmWorker {
             Ok(None) => return Outcome::DeadLetter(format!("payment intent {id} does not exist")),
             Err(e) => return self.retry_after(e.to_string(), delivery),
         };
+        if is_stale(&intent, version) {
+            return Outcome::Ack;
+        }
         let Some(charge_id) = intent.acquirer_charge_id.clone() else {
             return Outcome::DeadLetter(format!(
                 "payment intent {id} has no authorization to capture"
@@ -282,33 +231,28 @@ impl ConfirmWorker {
         if intent.status != PaymentIntentStatus::Processing {
             return Outcome::Ack;
         }
+        // The amount recorded with the capture is the merchant's word; the command's copy only
+        // stands in for intents captured before the amount was recorded.
+        let amount = intent
+            .amount_to_capture
+            .map_or(amount, |recorded| recorded.minor_units());
         let request = CaptureRequest {
-            charge_id,
+            charge_id: charge_id.clone(),
             amount: Some(amount),
         };
         let acquirer = self.acquirer.clone();
         match with_retries(&self.schedule, || acquirer.capture(&request)).await {
             Ok(charge) => {
-                let actor = Actor::Worker(WORKER);
-                let result = async {
-                    let mut tx = self.pool.begin().await?;
-                    store::transition(
-                        &mut tx,
-                        &intent,
-                        PaymentIntentStatus::Succeeded,
-                        &actor,
-                        Some("payment_intent.succeeded"),
-                        |pi| {
-                            pi.amount_received =
-                                Amount::from_stored(charge.amount_captured.max(amount));
-                            pi.amount_capturable = Amount::ZERO;
-                        },
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    Ok::<(), StoreError>(())
-                }
-                .await;
+                let received = if charge.amount_captured > 0 {
+                    charge.amount_captured
+                } else {
+                    amount
+                };
+                let outcome = ChargeOutcome::Captured {
+                    charge_id,
+                    amount_received: Amount::from_stored(received),
+                };
+                let result = self.record(&intent, &outcome).await;
                 self.settle(&intent, result, delivery)
             }
             Err(e) if e.is_transient() => self.retry_after(e.to_string(), delivery),
@@ -328,25 +272,172 @@ impl ConfirmWorker {
         let request = VoidRequest { charge_id };
         let acquirer = self.acquirer.clone();
         match with_retries(&self.schedule, || acquirer.void(&request)).await {
-            Ok(_) => Outcome::Ack,
+            Ok(_) => self.void_confirmed(&intent, delivery).await,
             Err(e) if e.is_transient() => self.retry_after(e.to_string(), delivery),
             // The acquirer captured before our cancel reached it (a 3-D Secure authentication
-            // that completed at the last moment): the customer paid for a canceled intent.
-            // That must reach an operator, so it is filed where operators look, with what to do.
+            // that completed at the last moment): the customer paid for a canceled intent, and
+            // the money goes back.
             Err(AcquirerError::Rejected { code, .. }) if code == "charge_already_captured" => {
-                tracing::error!(payment_intent = id, charge = %request.charge_id, "canceled intent's charge was captured at the acquirer");
-                Outcome::DeadLetter(format!(
-                    "charge {} of payment intent {id} was captured at the acquirer although the intent is {}: refund it at the acquirer",
-                    request.charge_id, intent.status
-                ))
+                self.return_orphan(&intent, &request.charge_id, delivery)
+                    .await
             }
-            // Already voided or captured at the acquirer: nothing left to release.
-            Err(e) => {
-                tracing::warn!(payment_intent = id, error = %e, "void refused by the acquirer; nothing to release");
-                Outcome::Ack
+            // Already voided, or declined: nothing is held any more.
+            Err(AcquirerError::Rejected { code, .. })
+                if code == "charge_already_voided" || code == "charge_not_voidable" =>
+            {
+                self.void_confirmed(&intent, delivery).await
             }
+            Err(e) => Outcome::DeadLetter(format!(
+                "the void of payment intent {id}'s charge {} was refused: {e}",
+                request.charge_id
+            )),
         }
     }
+
+    /// Records that a canceled intent holds no money at the acquirer any more, so
+    /// reconciliation stops asking.
+    async fn void_confirmed(&self, intent: &PaymentIntent, delivery: &DeliveryInfo) -> Outcome {
+        let result = async {
+            let mut conn = self.pool.acquire().await?;
+            store::mark_void_confirmed(&mut conn, intent, &Actor::Worker(WORKER)).await
+        }
+        .await;
+        match result {
+            Ok(_) => Outcome::Ack,
+            Err(e) => self.retry_after(e.to_string(), delivery),
+        }
+    }
+
+    /// Gives back the money of an orphan charge: one the acquirer holds for an intent that is
+    /// `failed` or `canceled`. Voided if only authorized, refunded if captured, each with an
+    /// idempotency key derived from the charge, so a redelivery or a replay does it once. The
+    /// return is audited on the intent, and the operator is told through the dead letters
+    /// (where operators look), with what was done: the merchant's customer paid for nothing.
+    async fn return_orphan(
+        &self,
+        intent: &PaymentIntent,
+        charge_id: &str,
+        delivery: &DeliveryInfo,
+    ) -> Outcome {
+        if !matches!(
+            intent.status,
+            PaymentIntentStatus::Failed | PaymentIntentStatus::Canceled
+        ) {
+            return Outcome::DeadLetter(format!(
+                "payment intent {} is {}, so its charge {charge_id} is not an orphan; nothing was returned",
+                intent.id, intent.status
+            ));
+        }
+        let charge = match self.acquirer.charges_for_reference(&intent.id).await {
+            Ok(charges) => charges.into_iter().find(|c| c.id == charge_id),
+            Err(e) => return self.retry_after(e.to_string(), delivery),
+        };
+        let Some(charge) = charge else {
+            return Outcome::DeadLetter(format!(
+                "the acquirer holds no charge {charge_id} for payment intent {}",
+                intent.id
+            ));
+        };
+        let acquirer = self.acquirer.clone();
+        let returned = match charge.status {
+            ChargeStatus::Authorized | ChargeStatus::RequiresAction => {
+                let request = VoidRequest {
+                    charge_id: charge.id.clone(),
+                };
+                match with_retries(&self.schedule, || acquirer.void(&request)).await {
+                    Ok(_) => {
+                        json!({"chargeId": charge.id, "returned": "voided", "amount": charge.amount})
+                    }
+                    Err(e) if e.is_transient() => return self.retry_after(e.to_string(), delivery),
+                    // Captured meanwhile: the next delivery refunds it.
+                    Err(e) => return self.retry_after(e.to_string(), delivery),
+                }
+            }
+            ChargeStatus::Captured if charge.refundable() > 0 => {
+                let request = RefundRequest {
+                    charge_id: charge.id.clone(),
+                    amount: charge.refundable(),
+                    reference: orphan_refund_reference(&charge.id),
+                };
+                match with_retries(&self.schedule, || acquirer.refund(&request)).await {
+                    Ok(receipt) => json!({"chargeId": charge.id, "returned": "refunded",
+                        "amount": receipt.amount, "acquirerRefundId": receipt.id}),
+                    Err(e) if e.is_transient() => return self.retry_after(e.to_string(), delivery),
+                    Err(e) => {
+                        return Outcome::DeadLetter(format!(
+                            "orphan charge {} of {} payment intent {}: the refund was refused ({e}); refund it at the acquirer by hand",
+                            charge.id, intent.status, intent.id
+                        ))
+                    }
+                }
+            }
+            // Voided, declined or refunded already: the customer has nothing to get back. If
+            // the refund was ours, from a delivery that failed before it could record it, it
+            // is recorded and reported now.
+            _ => match self
+                .acquirer
+                .refund_by_reference(&orphan_refund_reference(&charge.id))
+                .await
+            {
+                Ok(Some(receipt)) => json!({"chargeId": charge.id, "returned": "refunded",
+                    "amount": receipt.amount, "acquirerRefundId": receipt.id}),
+                Ok(None) if intent.status == PaymentIntentStatus::Canceled => {
+                    return self.void_confirmed(intent, delivery).await
+                }
+                Ok(None) => return Outcome::Ack,
+                Err(e) => return self.retry_after(e.to_string(), delivery),
+            },
+        };
+        let recorded = async {
+            let mut tx = self.pool.begin().await?;
+            // The intent's row first, then its audit chain: the order every other writer of
+            // this intent takes its locks in.
+            if intent.status == PaymentIntentStatus::Canceled {
+                store::mark_void_confirmed(&mut tx, intent, &Actor::Worker(WORKER)).await?;
+            }
+            audit::append(
+                &mut tx,
+                NewEntry {
+                    merchant_id: Some(&intent.merchant_id),
+                    object_type: "payment_intent",
+                    object_id: &intent.id,
+                    action: ORPHAN_RETURNED_ACTION,
+                    actor: &Actor::Worker(WORKER),
+                    before: None,
+                    after: Some(returned.clone()),
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        if let Err(e) = recorded {
+            return self.retry_after(e.to_string(), delivery);
+        }
+        tracing::error!(payment_intent = %intent.id, charge = %charge.id, %returned, "orphan charge returned to the customer");
+        Outcome::DeadLetter(format!(
+            "orphan charge: the acquirer took money for {} payment intent {} (charge {}); it was given back automatically ({returned}); tell the merchant, nothing else is left to do",
+            intent.status, intent.id, charge.id
+        ))
+    }
+}
+
+/// Whether a command issued for intent version `version` finds the intent at another one: it
+/// was issued for a state the intent has left (a redelivery after the intent moved on, or a
+/// confirm meeting the `processing` of a later capture), so it must not call the acquirer.
+fn is_stale(intent: &PaymentIntent, version: Option<i64>) -> bool {
+    let stale = version.is_some_and(|v| v != intent.version);
+    if stale {
+        tracing::info!(payment_intent = %intent.id, version = intent.version, issued_for = ?version, "command is for an earlier state of the intent; acking");
+    }
+    stale
+}
+
+/// Our reference for the refund that returns an orphan charge: derived from the charge, so the
+/// refund's idempotency key is too, and the charge is refunded once.
+pub fn orphan_refund_reference(charge_id: &str) -> String {
+    format!("{charge_id}_orphan")
 }
 
 #[async_trait::async_trait]
@@ -358,19 +449,22 @@ impl Handler for ConfirmWorker {
             PaymentCommand::ConfirmV1 {
                 payment_intent_id,
                 merchant_id,
+                intent_version,
             } => {
-                self.confirm(&payment_intent_id, &merchant_id, delivery)
+                self.confirm(&payment_intent_id, &merchant_id, intent_version, delivery)
                     .await
             }
             PaymentCommand::CaptureV1 {
                 payment_intent_id,
                 merchant_id,
                 amount_to_capture,
+                intent_version,
             } => {
                 self.capture(
                     &payment_intent_id,
                     &merchant_id,
                     amount_to_capture,
+                    intent_version,
                     delivery,
                 )
                 .await
@@ -379,6 +473,22 @@ impl Handler for ConfirmWorker {
                 payment_intent_id,
                 merchant_id,
             } => self.void(&payment_intent_id, &merchant_id, delivery).await,
+            PaymentCommand::ReturnOrphanV1 {
+                payment_intent_id,
+                merchant_id,
+                charge_id,
+            } => {
+                let intent = match self.load(&payment_intent_id, &merchant_id).await {
+                    Ok(Some(pi)) => pi,
+                    Ok(None) => {
+                        return Outcome::DeadLetter(format!(
+                            "payment intent {payment_intent_id} does not exist"
+                        ))
+                    }
+                    Err(e) => return self.retry_after(e.to_string(), delivery),
+                };
+                self.return_orphan(&intent, &charge_id, delivery).await
+            }
         }
     }
 

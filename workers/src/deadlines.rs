@@ -1,4 +1,4 @@
-//! Deadlines in a payment intent's life, kept by the scheduler's leader (CONTRACT.md, payment
+//! Deadlines in a payment intent's life, kept by the scheduler's leader (docs/api.md, payment
 //! intents):
 //!
 //! - an uncaptured authorization is voided when `authorizationExpiresAt` passes: the intent is
@@ -16,6 +16,8 @@
 //! racing the job wins or loses cleanly, a second run (or a second leader during a hand-over)
 //! finds nothing left to do, and one intent's failure does not hold up the others.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
 
@@ -27,6 +29,9 @@ use paystream_shared::store::intent_deadlines::{self as store, Candidate};
 use paystream_shared::store::payment_intents as intents;
 use paystream_shared::store::StoreError;
 
+use crate::acquirer::Acquirer;
+use crate::reconcile::{self, Fix};
+
 /// Who the audit log names for these jobs; reconciliation, the scheduler's other job, is
 /// `reconciliation`.
 pub const ACTOR: Actor = Actor::System("scheduler");
@@ -37,7 +42,7 @@ pub const EXPIRING_NOTICE: TimeDelta = TimeDelta::hours(24);
 /// back full.
 pub const BATCH: i64 = 500;
 /// The statuses an intent is abandoned in: waiting on the merchant or the customer, with no
-/// money moved. CONTRACT.md names `requires_payment_method` and `requires_confirmation`; its
+/// money moved. The public API names `requires_payment_method` and `requires_confirmation`; its
 /// transition table also allows `requires_action -> canceled`, and a 3-D Secure challenge
 /// nobody completed in that time is as abandoned as an unconfirmed intent (Stripe cancels
 /// those with reason `abandoned` too when their checkout expires). Its pending charge at the
@@ -79,14 +84,45 @@ pub async fn expire_authorizations(
 
 /// Cancels, with reason `abandoned`, up to `limit` intents in an [`ABANDONABLE`] status that
 /// nothing has changed for `abandon_after` before `now`. Returns how many it canceled.
+///
+/// An intent with a charge (a 3-D Secure challenge) is asked about at the acquirer first: the
+/// cardholder may have completed the challenge and paid while the notification saying so was
+/// lost, and canceling then would strand the money (its void is refused). Such an intent is
+/// moved where the acquirer says instead; one the acquirer cannot be asked about now is left
+/// for the next round.
 pub async fn cancel_abandoned(
     pool: &PgPool,
+    acquirer: &Arc<dyn Acquirer>,
     now: DateTime<Utc>,
     abandon_after: TimeDelta,
     limit: i64,
 ) -> Result<usize, DeadlineError> {
     let idle_since = now - abandon_after;
-    let due = store::idle_since(pool, &ABANDONABLE, idle_since, limit).await?;
+    let listed = store::idle_since(pool, &ABANDONABLE, idle_since, limit).await?;
+    let mut due = Vec::with_capacity(listed.len());
+    for candidate in listed {
+        let has_charge = match intents::get(pool, &candidate.merchant_id, &candidate.id).await {
+            Ok(Some(pi)) => pi.acquirer_charge_id.is_some(),
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(payment_intent = %candidate.id, error = %e, "could not read an abandoned intent");
+                continue;
+            }
+        };
+        if has_charge {
+            match reconcile::ask_and_correct(pool, acquirer, &candidate.merchant_id, &candidate.id)
+                .await
+            {
+                Ok(Fix::Nothing) => {}
+                Ok(_) => continue, // the acquirer decided it; nothing to abandon
+                Err(e) => {
+                    tracing::warn!(payment_intent = %candidate.id, error = %e, "could not ask the acquirer before abandoning; trying again next round");
+                    continue;
+                }
+            }
+        }
+        due.push(candidate);
+    }
     let still_due =
         |pi: &PaymentIntent| ABANDONABLE.contains(&pi.status) && pi.updated_at <= idle_since;
     cancel_each(pool, due, REASON_ABANDONED, still_due).await

@@ -40,7 +40,7 @@ pub enum HealthError {
 pub struct Health {
     pool: PgPool,
     nats: Option<async_nats::Client>,
-    consumers: Vec<(&'static str, Arc<WorkerMetrics>)>,
+    consumers: Vec<(String, Arc<WorkerMetrics>)>,
 }
 
 impl Health {
@@ -55,8 +55,8 @@ impl Health {
 
     /// Adds a consumer's counters to `/metrics`, labelled `worker="<name>"`.
     #[must_use]
-    pub fn with_consumer(mut self, name: &'static str, metrics: Arc<WorkerMetrics>) -> Self {
-        self.consumers.push((name, metrics));
+    pub fn with_consumer(mut self, name: impl Into<String>, metrics: Arc<WorkerMetrics>) -> Self {
+        self.consumers.push((name.into(), metrics));
         self
     }
 
@@ -170,7 +170,7 @@ pub async fn start(
     config: &Config,
     pool: PgPool,
     uses_nats: bool,
-    consumers: Vec<(&'static str, Arc<WorkerMetrics>)>,
+    consumers: Vec<(String, Arc<WorkerMetrics>)>,
     shutdown: &CancellationToken,
 ) -> Result<Option<JoinHandle<()>>, crate::runtime::WorkerError> {
     let Some(addr) = config.health_addr else {

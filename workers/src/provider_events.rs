@@ -21,22 +21,20 @@ use sqlx::{PgConnection, PgPool};
 
 use paystream_nats::consumer::{DeliveryInfo, Handler, Outcome};
 use paystream_shared::audit::{self, Actor, NewEntry};
-use paystream_shared::commands::ProviderEventCommand;
+use paystream_shared::commands::{PaymentCommand, ProviderEventCommand};
 use paystream_shared::domain::ids::IdKind;
 use paystream_shared::domain::money::{Amount, Currency};
-use paystream_shared::domain::payment_intent::{
-    PaymentError, PaymentIntent, PaymentIntentStatus, RedirectAction,
-};
+use paystream_shared::domain::outcome::{event_type_for, ChargeOutcome};
+use paystream_shared::domain::payment_intent::{PaymentError, PaymentIntent, PaymentIntentStatus};
 use paystream_shared::domain::provider_event::{
     payment_verdict, refund_verdict, ProcessingOutcome, ProviderEventType, Verdict,
 };
 use paystream_shared::domain::refund::RefundStatus;
+use paystream_shared::outbox;
 use paystream_shared::retry::RetrySchedule;
 use paystream_shared::store::provider_events::{self, ProviderEvent};
 use paystream_shared::store::refunds::{self, Refund, Settlement};
 use paystream_shared::store::{payment_intents, StoreError};
-
-use crate::confirm::AUTHORIZATION_TTL;
 
 /// The durable consumer's name.
 pub const WORKER: &str = "provider-events";
@@ -105,12 +103,31 @@ pub enum PaymentTarget {
 }
 
 impl PaymentTarget {
+    #[cfg(test)]
     fn status(&self) -> PaymentIntentStatus {
+        self.outcome("").status()
+    }
+
+    /// The notice in the domain's terms, which decide what it does to the intent.
+    fn outcome(&self, charge_id: &str) -> ChargeOutcome {
+        let charge_id = charge_id.to_owned();
         match self {
-            PaymentTarget::Captured { .. } => PaymentIntentStatus::Succeeded,
-            PaymentTarget::Authorized { .. } => PaymentIntentStatus::RequiresCapture,
-            PaymentTarget::Failed(_) => PaymentIntentStatus::Failed,
-            PaymentTarget::RequiresAction { .. } => PaymentIntentStatus::RequiresAction,
+            PaymentTarget::Captured { amount_received } => ChargeOutcome::Captured {
+                charge_id,
+                amount_received: *amount_received,
+            },
+            PaymentTarget::Authorized { amount_capturable } => ChargeOutcome::Authorized {
+                charge_id,
+                amount_capturable: *amount_capturable,
+            },
+            PaymentTarget::Failed(error) => ChargeOutcome::Declined {
+                charge_id: Some(charge_id),
+                error: error.clone(),
+            },
+            PaymentTarget::RequiresAction { redirect_url } => ChargeOutcome::RequiresAction {
+                charge_id,
+                redirect_url: redirect_url.clone(),
+            },
         }
     }
 }
@@ -402,14 +419,7 @@ async fn apply_refund(
         Verdict::Unchanged if refund.acquirer_refund_id.is_none() => {
             // `refund.pending` for a pending refund: remember the acquirer's id, as the
             // refund worker does when its own call answers `pending`.
-            sqlx::query(
-                "UPDATE refunds SET acquirer_refund_id = $2, updated_at = now()
-                 WHERE id = $1 AND status = 'pending' AND acquirer_refund_id IS NULL",
-            )
-            .bind(&refund.id)
-            .bind(&notice.acquirer_refund_id)
-            .execute(&mut *conn)
-            .await?;
+            refunds::record_acquirer_id(conn, &refund.id, &notice.acquirer_refund_id).await?;
             Ok(ProcessingOutcome::Applied)
         }
         Verdict::Unchanged => Ok(ProcessingOutcome::Unchanged),
@@ -488,10 +498,29 @@ async fn apply_payment(
     .await?
     .ok_or_else(|| unusable(format!("payment intent {} vanished", found.id)))?;
     check_payment_matches(&intent, notice)?;
-    let target = notice.target.status();
+    let outcome = notice.target.outcome(&notice.charge_id);
+    let target = outcome.status();
     match payment_verdict(intent.status, intent.updated_at, target, event.created_at) {
         Verdict::Unchanged => Ok(ProcessingOutcome::Unchanged),
         Verdict::Ignore(reason) => {
+            if outcome.holds_money()
+                && matches!(
+                    intent.status,
+                    PaymentIntentStatus::Failed | PaymentIntentStatus::Canceled
+                )
+            {
+                // An orphan charge: the customer paid (or is held) for an intent that says it
+                // did not. The money goes back, through the confirm worker, which talks to the
+                // acquirer; queued in this transaction, so the notification is marked processed
+                // only together with it.
+                tracing::error!(payment_intent = %intent.id, charge = %notice.charge_id, status = %intent.status, "the acquirer charged an intent that is not payable; returning the money");
+                let command = PaymentCommand::ReturnOrphanV1 {
+                    payment_intent_id: intent.id.clone(),
+                    merchant_id: intent.merchant_id.clone(),
+                    charge_id: notice.charge_id.clone(),
+                };
+                outbox::enqueue(&mut *conn, command.subject(), &command.to_json()).await?;
+            }
             record_ignored(
                 conn,
                 &intent.merchant_id,
@@ -513,7 +542,7 @@ async fn apply_payment(
                     status,
                     &ACTOR,
                     Some(event_type_for(status)),
-                    |pi| change_for(pi, status, notice),
+                    |pi| outcome.apply(pi, status, paystream_shared::domain::now()),
                 )
                 .await?;
             }
@@ -542,48 +571,6 @@ fn check_payment_matches(
             intent.id, notice.charge_id
         ))),
         _ => Ok(()),
-    }
-}
-
-/// The merchant-facing event each status a notification moves an intent to announces.
-fn event_type_for(status: PaymentIntentStatus) -> &'static str {
-    match status {
-        PaymentIntentStatus::Processing => "payment_intent.processing",
-        PaymentIntentStatus::Succeeded => "payment_intent.succeeded",
-        PaymentIntentStatus::RequiresCapture => "payment_intent.amount_capturable_updated",
-        PaymentIntentStatus::Failed => "payment_intent.payment_failed",
-        PaymentIntentStatus::RequiresAction => "payment_intent.requires_action",
-        // A notification's path never leads anywhere else (see `payment_verdict`).
-        _ => "payment_intent.updated",
-    }
-}
-
-/// The fields a notification sets on its way to `status`; the same as the confirm worker
-/// sets for the same outcome.
-fn change_for(pi: &mut PaymentIntent, status: PaymentIntentStatus, notice: &PaymentNotice) {
-    pi.acquirer_charge_id = Some(notice.charge_id.clone());
-    pi.next_action = None;
-    match (&notice.target, status) {
-        (PaymentTarget::Captured { amount_received }, PaymentIntentStatus::Succeeded) => {
-            pi.amount_received = *amount_received;
-            pi.amount_capturable = Amount::ZERO;
-        }
-        (PaymentTarget::Authorized { amount_capturable }, PaymentIntentStatus::RequiresCapture) => {
-            pi.amount_capturable = *amount_capturable;
-            pi.authorization_expires_at = Some(paystream_shared::domain::now() + AUTHORIZATION_TTL);
-        }
-        (PaymentTarget::Failed(error), PaymentIntentStatus::Failed) => {
-            pi.last_payment_error = Some(error.clone());
-        }
-        (PaymentTarget::RequiresAction { redirect_url }, PaymentIntentStatus::RequiresAction) => {
-            pi.next_action = Some(RedirectAction {
-                url: redirect_url.clone(),
-                return_url: pi.return_url.clone(),
-            });
-        }
-        // The intermediate `processing` step: the challenge or capture is done, nothing else
-        // is known yet.
-        _ => {}
     }
 }
 
@@ -773,22 +760,5 @@ mod tests {
             panic!("a database outage is retried");
         };
         assert!(delay >= schedule.deterministic_part(2), "{delay:?}");
-    }
-
-    #[test]
-    fn each_status_announces_its_event() {
-        use PaymentIntentStatus as S;
-        assert_eq!(event_type_for(S::Processing), "payment_intent.processing");
-        assert_eq!(event_type_for(S::Succeeded), "payment_intent.succeeded");
-        assert_eq!(
-            event_type_for(S::RequiresCapture),
-            "payment_intent.amount_capturable_updated"
-        );
-        assert_eq!(event_type_for(S::Failed), "payment_intent.payment_failed");
-        assert_eq!(
-            event_type_for(S::RequiresAction),
-            "payment_intent.requires_action"
-        );
-        assert_eq!(event_type_for(S::Canceled), "payment_intent.updated");
     }
 }

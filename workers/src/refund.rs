@@ -128,12 +128,10 @@ impl RefundWorker {
                     .await
                 }
                 AcquirerRefundStatus::Pending => {
-                    let marked = sqlx::query(
-                        "UPDATE refunds SET acquirer_refund_id = $2, updated_at = now() WHERE id = $1 AND status = 'pending'",
-                    )
-                    .bind(refund_id)
-                    .bind(&receipt.id)
-                    .execute(&self.pool)
+                    let marked = async {
+                        let mut conn = self.pool.acquire().await?;
+                        refunds::record_acquirer_id(&mut conn, refund_id, &receipt.id).await
+                    }
                     .await;
                     match marked {
                         Ok(_) => Outcome::Ack,

@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use paystream_shared::config::Config;
 
-use crate::acquirer::{Acquirer, HttpAcquirer};
+use crate::acquirer::Acquirer;
 use crate::deadlines::{self, DeadlineError};
 use crate::reconcile;
-use crate::runtime::WorkerError;
+use crate::runtime::{WorkerError, WorkerProcess};
 
 /// The advisory lock key that names the scheduler's leadership ("paystrm" in ASCII).
 pub const LEADER_LOCK: i64 = 0x0070_6179_7374_726d;
@@ -87,11 +87,8 @@ pub async fn try_lead(pool: &PgPool) -> Result<Option<Leadership>, sqlx::Error> 
 /// Purges what has outlived its purpose: idempotency keys past 24 h and published outbox rows.
 pub async fn purge(pool: &PgPool) -> Result<(u64, u64), sqlx::Error> {
     let keys = paystream_shared::store::idempotency_keys::purge_expired(pool).await?;
-    let outbox = sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - make_interval(hours => $1)")
-        .bind(OUTBOX_RETENTION_HOURS)
-        .execute(pool)
-        .await?
-        .rows_affected();
+    let outbox =
+        paystream_shared::store::outbox::purge_published(pool, OUTBOX_RETENTION_HOURS).await?;
     Ok((keys, outbox))
 }
 
@@ -124,7 +121,7 @@ where
 }
 
 /// One round of the payment intents' deadline jobs.
-pub async fn keep_deadlines(pool: &PgPool, thresholds: &Thresholds) {
+pub async fn keep_deadlines(pool: &PgPool, acquirer: &Arc<dyn Acquirer>, thresholds: &Thresholds) {
     drain("expire_authorizations", |now| {
         deadlines::expire_authorizations(pool, now, deadlines::BATCH)
     })
@@ -139,7 +136,13 @@ pub async fn keep_deadlines(pool: &PgPool, thresholds: &Thresholds) {
     })
     .await;
     drain("cancel_abandoned", |now| {
-        deadlines::cancel_abandoned(pool, now, thresholds.abandon_after, deadlines::BATCH)
+        deadlines::cancel_abandoned(
+            pool,
+            acquirer,
+            now,
+            thresholds.abandon_after,
+            deadlines::BATCH,
+        )
     })
     .await;
 }
@@ -149,7 +152,7 @@ pub async fn tick(pool: &PgPool, acquirer: &Arc<dyn Acquirer>, thresholds: &Thre
     if let Err(e) = reconcile::run_once(pool, acquirer, thresholds.stuck_after).await {
         tracing::error!(error = %e, "reconciliation failed");
     }
-    keep_deadlines(pool, thresholds).await;
+    keep_deadlines(pool, acquirer, thresholds).await;
     match purge(pool).await {
         Ok((keys, outbox)) => {
             tracing::info!(idempotency_keys = keys, outbox_rows = outbox, "purged")
@@ -162,16 +165,26 @@ pub async fn tick(pool: &PgPool, acquirer: &Arc<dyn Acquirer>, thresholds: &Thre
     }
 }
 
-/// The `scheduler` process, minus reading its configuration.
+/// The `scheduler` process: no consumer, one task that leads or stands by. Healthy means
+/// PostgreSQL answers: the scheduler works through the database (its commands go out through
+/// the outbox), leader or standby alike.
 pub async fn run_scheduler(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
-    let pool = paystream_shared::db::connect(config.database_url.expose(), 4).await?;
-    // Healthy means PostgreSQL answers: the scheduler works through the database (its
-    // commands go out through the outbox), leader or standby alike.
-    let _health = crate::health::start(&config, pool.clone(), false, Vec::new(), &shutdown).await?;
-    let acquirer: Arc<dyn Acquirer> = Arc::new(
-        HttpAcquirer::new(&config.acquirer_url, config.acquirer_timeout)
-            .map_err(|e| WorkerError::Acquirer(e.to_string()))?,
-    );
+    let acquirer: Arc<dyn Acquirer> = Arc::new(crate::runtime::acquirer(&config)?);
+    let process = WorkerProcess::connect(&config, 4).await?;
+    let pool = process.pool();
+    process
+        .task(move |stop| lead_or_stand_by(config, pool, acquirer, stop))
+        .run(shutdown)
+        .await
+}
+
+/// Takes leadership when it is free and runs a round every interval while it holds it.
+async fn lead_or_stand_by(
+    config: Config,
+    pool: PgPool,
+    acquirer: Arc<dyn Acquirer>,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
     let thresholds = Thresholds::from_config(&config);
     while !shutdown.is_cancelled() {
         let leadership = match try_lead(&pool).await {

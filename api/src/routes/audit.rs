@@ -9,6 +9,8 @@ use paystream_shared::audit;
 use crate::auth::MerchantKey;
 use crate::error::ApiError;
 use crate::extract::{parse_limit, SerdeJson};
+use crate::responses::{Errors, READ};
+use crate::routes::ApiTags;
 use crate::AppState;
 
 #[derive(Object, Serialize)]
@@ -22,13 +24,14 @@ pub struct AuditList {
 
 #[derive(ApiResponse)]
 pub enum AuditListResponse {
+    /// A page of audit entries, newest first.
     #[oai(status = 200)]
     Ok(SerdeJson<AuditList>),
 }
 
 pub struct AuditApi;
 
-#[OpenApi]
+#[OpenApi(tag = "ApiTags::AuditLog")]
 impl AuditApi {
     /// The audit log of your objects, newest first.
     #[oai(path = "/audit-log", method = "get")]
@@ -39,7 +42,7 @@ impl AuditApi {
         #[oai(name = "objectId")] object_id: Query<Option<String>>,
         limit: Query<Option<String>>,
         #[oai(name = "startingAfter")] starting_after: Query<Option<String>>,
-    ) -> Result<AuditListResponse, ApiError> {
+    ) -> Result<AuditListResponse, Errors<READ>> {
         let limit = parse_limit(limit.0.as_deref())?;
         // An unknown cursor would otherwise read as an empty last page; answer as the other
         // lists do. Another merchant's entry is unknown here too.
@@ -49,7 +52,8 @@ impl AuditApi {
                     "resource_missing",
                     "`startingAfter` names no audit log entry of yours",
                 )
-                .with_param("startingAfter"));
+                .with_param("startingAfter")
+                .into());
             }
         }
         let mut rows = audit::list(

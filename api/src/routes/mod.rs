@@ -5,3 +5,22 @@ pub mod payment_methods;
 pub mod provider;
 pub mod refunds;
 pub mod webhooks;
+
+/// The groups the API document shows its operations in.
+#[derive(poem_openapi::Tags)]
+pub enum ApiTags {
+    /// Create, confirm, capture and cancel payments.
+    PaymentIntents,
+    /// Customers' cards and bank accounts, stored from vault tokens (display fields only).
+    PaymentMethods,
+    /// Give back captured money.
+    Refunds,
+    /// Subscribe endpoints to events and follow their deliveries.
+    Webhooks,
+    /// What happened: the events webhooks deliver.
+    Events,
+    /// Every state change and operator action, hash-chained.
+    AuditLog,
+    /// Signed notifications from the acquirer (no API key).
+    Acquirer,
+}

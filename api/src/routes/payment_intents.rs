@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use poem::http::StatusCode;
 use poem::Request;
-use poem_openapi::param::{Path, Query};
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use serde::{Deserialize, Serialize};
 
 use paystream_shared::commands::PaymentCommand;
@@ -19,11 +19,15 @@ use paystream_shared::domain::payment_intent::{
 };
 use paystream_shared::outbox;
 use paystream_shared::store::payment_intents::{self as store, ListFilter};
-use paystream_shared::views::{IntentView, PaymentIntentView, PaymentMethodType};
+use paystream_shared::views::{
+    CaptureMethodView, IntentView, PaymentIntentView, PaymentMethodType,
+};
 
 use crate::auth::{AuthContext, MerchantKey};
 use crate::error::ApiError;
 use crate::extract::{parse_limit, JsonBody, SerdeJson};
+use crate::responses::{Errors, CONFLICT, NOT_FOUND, READ, WRITE};
+use crate::routes::ApiTags;
 use crate::{idempotency, AppState};
 
 #[derive(Debug, Deserialize, Object)]
@@ -36,13 +40,21 @@ pub struct CreatePaymentIntent {
     pub currency: String,
     /// Your own customer reference; not checked.
     pub customer_id: String,
+    /// The payment method to charge. Test methods: `pm_card_visa`, `pm_card_mastercard`,
+    /// `pm_card_chargeDeclined`, `pm_card_insufficientFunds`, `pm_card_threeDSecureRequired`,
+    /// `pm_card_processingError`. With one the intent starts in `requires_confirmation`.
     pub payment_method_id: Option<String>,
-    /// `automatic` (default) or `manual`.
-    pub capture_method: Option<String>,
+    /// `automatic` (the default) or `manual`.
+    pub capture_method: Option<CaptureMethodView>,
     /// Confirm at once (requires `paymentMethodId`).
     pub confirm: Option<bool>,
+    /// Where the cardholder returns after a 3-D Secure challenge; required to confirm a card
+    /// that may need one.
     pub return_url: Option<String>,
+    /// At most 1000 characters.
     pub description: Option<String>,
+    /// Your own key-value pairs: at most 50 keys of at most 40 characters, values of at most
+    /// 500.
     pub metadata: Option<BTreeMap<String, String>>,
 }
 
@@ -50,6 +62,7 @@ pub struct CreatePaymentIntent {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[oai(rename_all = "camelCase")]
 pub struct ConfirmPaymentIntent {
+    /// The payment method to charge, if the intent has none yet or it should change.
     pub payment_method_id: Option<String>,
     /// If given, must equal the intent's currency.
     pub currency: Option<String>,
@@ -68,8 +81,30 @@ pub struct CapturePaymentIntent {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[oai(rename_all = "camelCase")]
 pub struct CancelPaymentIntent {
-    /// `duplicate`, `fraudulent`, `requested_by_customer` or `abandoned`.
-    pub cancellation_reason: Option<String>,
+    /// Defaults to `requested_by_customer`.
+    pub cancellation_reason: Option<CancellationReason>,
+}
+
+/// Why the merchant cancels.
+#[derive(Debug, Clone, Copy, Deserialize, Enum)]
+#[serde(rename_all = "snake_case")]
+#[oai(rename_all = "snake_case")]
+pub enum CancellationReason {
+    Duplicate,
+    Fraudulent,
+    RequestedByCustomer,
+    Abandoned,
+}
+
+impl CancellationReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            CancellationReason::Duplicate => "duplicate",
+            CancellationReason::Fraudulent => "fraudulent",
+            CancellationReason::RequestedByCustomer => "requested_by_customer",
+            CancellationReason::Abandoned => "abandoned",
+        }
+    }
 }
 
 #[derive(Object, Serialize)]
@@ -81,28 +116,45 @@ pub struct PaymentIntentList {
 }
 
 #[derive(ApiResponse)]
-pub enum IntentResponse {
-    #[oai(status = 200)]
-    Ok(SerdeJson<PaymentIntentView>),
+pub enum CreatedResponse {
+    /// The payment intent was created (and, with `confirm: true`, is `processing`).
     #[oai(status = 201)]
     Created(SerdeJson<PaymentIntentView>),
+    /// A replay: this Idempotency-Key already created it; the original body, with
+    /// `Idempotent-Replayed: true`.
+    #[oai(status = 200)]
+    Replayed(SerdeJson<PaymentIntentView>),
+}
+
+#[derive(ApiResponse)]
+pub enum AcceptedResponse {
+    /// Accepted: the intent is `processing` and the confirm worker finishes it.
     #[oai(status = 202)]
     Accepted(SerdeJson<PaymentIntentView>),
+    /// A replay of an earlier request with this Idempotency-Key, with
+    /// `Idempotent-Replayed: true`.
+    #[oai(status = 200)]
+    Replayed(SerdeJson<PaymentIntentView>),
+}
+
+#[derive(ApiResponse)]
+pub enum IntentResponse {
+    /// The payment intent.
+    #[oai(status = 200)]
+    Ok(SerdeJson<PaymentIntentView>),
 }
 
 #[derive(ApiResponse)]
 pub enum ListResponse {
+    /// A page of payment intents, newest first.
     #[oai(status = 200)]
     Ok(SerdeJson<PaymentIntentList>),
 }
 
+/// Errors of a POST on one intent: it may not exist, or its state may not allow the call.
+const ON_INTENT: u32 = WRITE | NOT_FOUND | CONFLICT;
+
 const MAX_TEXT: usize = 1000;
-const CANCELLATION_REASONS: &[&str] = &[
-    "duplicate",
-    "fraudulent",
-    "requested_by_customer",
-    "abandoned",
-];
 
 fn bounded_text(
     value: Option<String>,
@@ -264,6 +316,8 @@ async fn start_confirm(
     let command = PaymentCommand::ConfirmV1 {
         payment_intent_id: intent.id.clone(),
         merchant_id: intent.merchant_id.clone(),
+        // Queued with the transition below, so it is for the version that transition writes.
+        intent_version: Some(store::next_version(&intent)),
     };
     let processing = store::transition_queueing(
         conn,
@@ -290,21 +344,17 @@ async fn finish(
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     status: StatusCode,
     intent: &PaymentIntent,
-) -> Result<IntentResponse, ApiError> {
+) -> Result<PaymentIntentView, ApiError> {
     let view = intent.view();
     let body = serde_json::to_vec(&view).map_err(|e| ApiError::internal(&e))?;
     idempotency::complete(req, &mut tx, status, &body).await?;
     tx.commit().await?;
-    Ok(match status {
-        StatusCode::CREATED => IntentResponse::Created(SerdeJson(view)),
-        StatusCode::ACCEPTED => IntentResponse::Accepted(SerdeJson(view)),
-        _ => IntentResponse::Ok(SerdeJson(view)),
-    })
+    Ok(view)
 }
 
 pub struct PaymentIntentsApi;
 
-#[OpenApi]
+#[OpenApi(tag = "ApiTags::PaymentIntents")]
 impl PaymentIntentsApi {
     /// Create a payment intent.
     #[oai(path = "/payment-intents", method = "post")]
@@ -313,8 +363,12 @@ impl PaymentIntentsApi {
         req: &Request,
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
-        body: JsonBody<CreatePaymentIntent>,
-    ) -> Result<IntentResponse, ApiError> {
+        /// Makes the request safe to retry: the same key with the same body answers the
+        /// original response (200, `Idempotent-Replayed: true`) instead of running again.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
+        body: JsonBody<CreatePaymentIntent, true>,
+    ) -> Result<CreatedResponse, Errors<WRITE>> {
         let auth = auth.0;
         let b = body.0;
         let amount = Amount::parse_charge(b.amount, "amount")?;
@@ -325,12 +379,12 @@ impl PaymentIntentsApi {
                 "parameter_invalid",
                 "`customerId` must be 1 to 255 characters",
             )
-            .with_param("customerId"));
+            .with_param("customerId")
+            .into());
         }
-        let capture_method = match b.capture_method.as_deref() {
-            Some(raw) => CaptureMethod::parse(raw)?,
-            None => CaptureMethod::Automatic,
-        };
+        let capture_method = b
+            .capture_method
+            .map_or(CaptureMethod::Automatic, CaptureMethod::from);
         let metadata = b.metadata.unwrap_or_default();
         validate_metadata(&metadata)?;
         let description = bounded_text(b.description, "description", MAX_TEXT)?;
@@ -350,7 +404,8 @@ impl PaymentIntentsApi {
                     "parameter_missing",
                     "`confirm: true` needs a `paymentMethodId`",
                 )
-                .with_param("paymentMethodId"));
+                .with_param("paymentMethodId")
+                .into());
             };
             require_return_url_for(pm, &return_url)?;
         }
@@ -381,6 +436,9 @@ impl PaymentIntentsApi {
             canceled_at: None,
             cancellation_reason: None,
             acquirer_charge_id: None,
+            version: 0,
+            amount_to_capture: None,
+            void_confirmed_at: None,
             created_at: now,
             updated_at: now,
         };
@@ -392,7 +450,8 @@ impl PaymentIntentsApi {
             (true, Some(pm)) => start_confirm(&mut tx, intent, &auth, pm, return_url).await?,
             _ => intent,
         };
-        finish(req, tx, StatusCode::CREATED, &intent).await
+        let view = finish(req, tx, StatusCode::CREATED, &intent).await?;
+        Ok(CreatedResponse::Created(SerdeJson(view)))
     }
 
     /// Retrieve a payment intent.
@@ -402,7 +461,7 @@ impl PaymentIntentsApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
-    ) -> Result<IntentResponse, ApiError> {
+    ) -> Result<IntentResponse, Errors<{ READ | NOT_FOUND }>> {
         let intent = load(&state, &auth.0, &id.0).await?;
         Ok(IntentResponse::Ok(SerdeJson(intent.view())))
     }
@@ -417,7 +476,7 @@ impl PaymentIntentsApi {
         status: Query<Option<String>>,
         limit: Query<Option<String>>,
         #[oai(name = "startingAfter")] starting_after: Query<Option<String>>,
-    ) -> Result<ListResponse, ApiError> {
+    ) -> Result<ListResponse, Errors<READ>> {
         let auth = auth.0;
         let limit = parse_limit(limit.0.as_deref())?;
         let status = status
@@ -434,7 +493,8 @@ impl PaymentIntentsApi {
                     "resource_missing",
                     "`startingAfter` names no payment intent of yours",
                 )
-                .with_param("startingAfter"));
+                .with_param("startingAfter")
+                .into());
             }
         }
         let filter = ListFilter {
@@ -463,8 +523,12 @@ impl PaymentIntentsApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
+        /// Makes the request safe to retry: the same key with the same body answers the
+        /// original response (200, `Idempotent-Replayed: true`) instead of running again.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
         body: JsonBody<ConfirmPaymentIntent>,
-    ) -> Result<IntentResponse, ApiError> {
+    ) -> Result<AcceptedResponse, Errors<ON_INTENT>> {
         let auth = auth.0;
         let b = body.0;
         let currency = b.currency.as_deref().map(Currency::parse).transpose()?;
@@ -482,7 +546,8 @@ impl PaymentIntentsApi {
                         intent.currency
                     ),
                 )
-                .with_param("currency"));
+                .with_param("currency")
+                .into());
             }
         }
         intent.status.confirmable()?;
@@ -491,7 +556,8 @@ impl PaymentIntentsApi {
                 "parameter_missing",
                 "This payment intent has no payment method; pass `paymentMethodId`",
             )
-            .with_param("paymentMethodId"));
+            .with_param("paymentMethodId")
+            .into());
         };
         // Checked again even when the intent already names it: it may have been detached since.
         let usable = resolve_payment_method(&state.pool, &auth, pm).await?;
@@ -502,7 +568,8 @@ impl PaymentIntentsApi {
             &return_url.clone().or_else(|| intent.return_url.clone()),
         )?;
         let intent = start_confirm(&mut tx, intent, &auth, pm, return_url).await?;
-        finish(req, tx, StatusCode::ACCEPTED, &intent).await
+        let view = finish(req, tx, StatusCode::ACCEPTED, &intent).await?;
+        Ok(AcceptedResponse::Accepted(SerdeJson(view)))
     }
 
     /// Capture an authorized (manual-capture) payment intent.
@@ -513,8 +580,12 @@ impl PaymentIntentsApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
+        /// Makes the request safe to retry: the same key with the same body answers the
+        /// original response (200, `Idempotent-Replayed: true`) instead of running again.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
         body: JsonBody<CapturePaymentIntent>,
-    ) -> Result<IntentResponse, ApiError> {
+    ) -> Result<AcceptedResponse, Errors<ON_INTENT>> {
         let auth = auth.0;
         let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
         let intent = lock(&mut tx, &auth, &id.0).await?;
@@ -531,7 +602,8 @@ impl PaymentIntentsApi {
                     "The authorization expired at {}; it can no longer be captured",
                     expired_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 ),
-            ));
+            )
+            .into());
         }
         let amount = match body.0.amount_to_capture {
             None => intent.amount_capturable,
@@ -545,7 +617,8 @@ impl PaymentIntentsApi {
                             intent.amount_capturable
                         ),
                     )
-                    .with_param("amountToCapture"));
+                    .with_param("amountToCapture")
+                    .into());
                 }
                 a
             }
@@ -556,7 +629,9 @@ impl PaymentIntentsApi {
             PaymentIntentStatus::Processing,
             &auth.actor(),
             None,
-            |_| {},
+            // Recorded with the transition, so whoever finishes the capture later (the worker,
+            // reconciliation, a replayed dead letter) captures this and not the whole hold.
+            |pi| pi.amount_to_capture = Some(amount),
         )
         .await
         .map_err(ApiError::from)?;
@@ -564,11 +639,13 @@ impl PaymentIntentsApi {
             payment_intent_id: intent.id.clone(),
             merchant_id: intent.merchant_id.clone(),
             amount_to_capture: amount.minor_units(),
+            intent_version: Some(intent.version),
         };
         outbox::enqueue(&mut tx, command.subject(), &command.to_json())
             .await
             .map_err(ApiError::from)?;
-        finish(req, tx, StatusCode::ACCEPTED, &intent).await
+        let view = finish(req, tx, StatusCode::ACCEPTED, &intent).await?;
+        Ok(AcceptedResponse::Accepted(SerdeJson(view)))
     }
 
     /// Cancel a payment intent. Canceling an authorization voids it at the acquirer.
@@ -579,22 +656,15 @@ impl PaymentIntentsApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
+        /// Makes the request safe to retry: the same key with the same body answers the
+        /// original response (200, `Idempotent-Replayed: true`) instead of running again.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
         body: JsonBody<CancelPaymentIntent>,
-    ) -> Result<IntentResponse, ApiError> {
+    ) -> Result<IntentResponse, Errors<ON_INTENT>> {
         let auth = auth.0;
-        let reason = body.0.cancellation_reason;
-        if let Some(r) = &reason {
-            if !CANCELLATION_REASONS.contains(&r.as_str()) {
-                return Err(ApiError::invalid(
-                    "parameter_invalid",
-                    format!(
-                        "`cancellationReason` must be one of {}",
-                        CANCELLATION_REASONS.join(", ")
-                    ),
-                )
-                .with_param("cancellationReason"));
-            }
-        }
+        // The enum is the list of reasons a merchant may give; `expired` is the scheduler's.
+        let reason = body.0.cancellation_reason.map(|r| r.as_str().to_owned());
         let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
         let intent = lock(&mut tx, &auth, &id.0).await?;
         // The void is queued in the same statement as the transition, so only the cancel
@@ -617,7 +687,8 @@ impl PaymentIntentsApi {
         )
         .await
         .map_err(ApiError::from)?;
-        finish(req, tx, StatusCode::OK, &intent).await
+        let view = finish(req, tx, StatusCode::OK, &intent).await?;
+        Ok(IntentResponse::Ok(SerdeJson(view)))
     }
 }
 

@@ -4,8 +4,8 @@
 
 use poem::http::StatusCode;
 use poem::Request;
-use poem_openapi::param::{Path, Query};
-use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::{Deserialize, Serialize};
 
 use paystream_shared::domain::ids::IdKind;
@@ -16,6 +16,8 @@ use paystream_vault::client::{ClientError, VaultClient};
 use crate::auth::{AuthContext, MerchantKey};
 use crate::error::ApiError;
 use crate::extract::{parse_limit, JsonBody, SerdeJson};
+use crate::responses::{Errors, BAD_REQUEST, NOT_FOUND, READ, UNAVAILABLE, WRITE};
+use crate::routes::ApiTags;
 use crate::{idempotency, AppState};
 
 #[derive(Debug, Deserialize, Object)]
@@ -41,18 +43,34 @@ pub struct PaymentMethodList {
 }
 
 #[derive(ApiResponse)]
-pub enum PaymentMethodResponse {
-    #[oai(status = 200)]
-    Ok(SerdeJson<PaymentMethodView>),
+pub enum PaymentMethodCreated {
+    /// The payment method was stored; the token is used up.
     #[oai(status = 201)]
     Created(SerdeJson<PaymentMethodView>),
+    /// A replay of an earlier request with this Idempotency-Key, with
+    /// `Idempotent-Replayed: true`.
+    #[oai(status = 200)]
+    Replayed(SerdeJson<PaymentMethodView>),
+}
+
+#[derive(ApiResponse)]
+pub enum PaymentMethodResponse {
+    /// The payment method.
+    #[oai(status = 200)]
+    Ok(SerdeJson<PaymentMethodView>),
 }
 
 #[derive(ApiResponse)]
 pub enum PaymentMethodListResponse {
+    /// One page, newest first.
     #[oai(status = 200)]
     Ok(SerdeJson<PaymentMethodList>),
 }
+
+/// Creating also reaches the vault, which may be down.
+const CREATE: u32 = WRITE | BAD_REQUEST | UNAVAILABLE;
+/// Detaching names a method by id.
+const DETACH: u32 = WRITE | NOT_FOUND;
 
 /// The vault's client, built once per application from `PAYSTREAM_VAULT_URL` and
 /// `PAYSTREAM_VAULT_SERVICE_TOKEN`; `None` when the credential is not configured.
@@ -124,16 +142,9 @@ async fn load(state: &AppState, auth: &AuthContext, id: &str) -> Result<PaymentM
         .ok_or_else(|| ApiError::not_found("payment_method", id))
 }
 
-#[derive(Tags)]
-enum Tag {
-    /// Customers' cards and bank accounts, stored from vault tokens (display fields only).
-    #[oai(rename = "Payment methods")]
-    PaymentMethods,
-}
-
 pub struct PaymentMethodsApi;
 
-#[OpenApi(tag = "Tag::PaymentMethods")]
+#[OpenApi(tag = "ApiTags::PaymentMethods")]
 impl PaymentMethodsApi {
     /// Store a payment method from a vault token.
     ///
@@ -148,8 +159,12 @@ impl PaymentMethodsApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         vault: poem::web::Data<&Vault>,
-        body: JsonBody<CreatePaymentMethod>,
-    ) -> Result<PaymentMethodResponse, ApiError> {
+        /// Makes the request safe to retry: the same key with the same body answers the
+        /// original response (200, `Idempotent-Replayed: true`) instead of running again.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
+        body: JsonBody<CreatePaymentMethod, true>,
+    ) -> Result<PaymentMethodCreated, Errors<CREATE>> {
         let auth = auth.0;
         let b = body.0;
         let customer_id = b.customer_id.trim().to_owned();
@@ -158,13 +173,15 @@ impl PaymentMethodsApi {
                 "parameter_invalid",
                 "`customerId` must be 1 to 255 characters",
             )
-            .with_param("customerId"));
+            .with_param("customerId")
+            .into());
         }
         let token = parse_token(&b.token)?;
         let Some(client) = vault.0 .0.as_ref() else {
             return Err(ApiError::unavailable(
                 "The vault is not configured here (PAYSTREAM_VAULT_SERVICE_TOKEN is unset)",
-            ));
+            )
+            .into());
         };
         let consumed = client
             .consume(token, &auth.merchant_id, Some(b.method_type.as_str()))
@@ -189,7 +206,7 @@ impl PaymentMethodsApi {
         let body = serde_json::to_vec(&view).map_err(|e| ApiError::internal(&e))?;
         idempotency::complete(req, &mut tx, StatusCode::CREATED, &body).await?;
         tx.commit().await?;
-        Ok(PaymentMethodResponse::Created(SerdeJson(view)))
+        Ok(PaymentMethodCreated::Created(SerdeJson(view)))
     }
 
     /// Retrieve a payment method. Another merchant's is 404.
@@ -199,7 +216,7 @@ impl PaymentMethodsApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
-    ) -> Result<PaymentMethodResponse, ApiError> {
+    ) -> Result<PaymentMethodResponse, Errors<{ READ | NOT_FOUND }>> {
         let pm = load(&state, &auth.0, &id.0).await?;
         Ok(PaymentMethodResponse::Ok(SerdeJson(pm.view())))
     }
@@ -213,7 +230,7 @@ impl PaymentMethodsApi {
         #[oai(name = "customerId")] customer_id: Query<Option<String>>,
         limit: Query<Option<String>>,
         #[oai(name = "startingAfter")] starting_after: Query<Option<String>>,
-    ) -> Result<PaymentMethodListResponse, ApiError> {
+    ) -> Result<PaymentMethodListResponse, Errors<READ>> {
         let limit = parse_limit(limit.0.as_deref())?;
         if let Some(cursor) = starting_after.0.as_deref() {
             if !store::exists(&state.pool, &auth.0.merchant_id, cursor).await? {
@@ -221,7 +238,8 @@ impl PaymentMethodsApi {
                     "resource_missing",
                     "`startingAfter` names no payment method of yours",
                 )
-                .with_param("startingAfter"));
+                .with_param("startingAfter")
+                .into());
             }
         }
         let mut rows = store::list(
@@ -253,16 +271,20 @@ impl PaymentMethodsApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
-    ) -> Result<PaymentMethodResponse, ApiError> {
+        /// Makes the request safe to retry: the same key answers the original response
+        /// instead of running again.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
+    ) -> Result<PaymentMethodResponse, Errors<DETACH>> {
         let auth = auth.0;
         let pm = load(&state, &auth, &id.0).await?;
         if pm.detached_at.is_some() {
-            return Err(detached_error("id"));
+            return Err(detached_error("id").into());
         }
         let mut tx = state.pool.begin().await?;
         let detached = match store::detach(&mut tx, &pm, &auth.actor()).await {
             Err(paystream_shared::store::StoreError::Conflict { .. }) => {
-                return Err(detached_error("id"))
+                return Err(detached_error("id").into())
             }
             other => other?,
         };

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use poem::http::HeaderMap;
 use poem::{Request, RequestBody};
+use poem_openapi::param::Header;
 use poem_openapi::registry::{MetaMediaType, MetaRequest, Registry};
 use poem_openapi::types::Type;
 use poem_openapi::{
@@ -28,6 +29,8 @@ use paystream_shared::store::provider_events::{self, Recorded};
 
 use crate::error::ApiError;
 use crate::extract::SerdeJson;
+use crate::responses::{Errors, BAD_REQUEST, INTERNAL, TOO_LARGE};
+use crate::routes::ApiTags;
 use crate::{AppState, MAX_BODY_BYTES};
 
 /// A notification as the acquirer sends it (for the docs; the handler reads raw bytes).
@@ -56,6 +59,7 @@ pub struct NotificationReceived {
 
 #[derive(ApiResponse)]
 pub enum NotificationResponse {
+    /// Received (or received before: `duplicate`); it is processed asynchronously.
     #[oai(status = 200)]
     Ok(SerdeJson<NotificationReceived>),
 }
@@ -99,7 +103,7 @@ impl<'a> ApiExtractor<'a> for SignedBody {
 
 pub struct ProviderApi;
 
-#[OpenApi]
+#[OpenApi(tag = "ApiTags::Acquirer")]
 impl ProviderApi {
     /// Receive a notification from the acquirer. Authenticated by its `Acquirer-Signature`
     /// header (`t=<unix>,v1=<hex HMAC-SHA256(secret, "{t}.{body}")>`), not by an API key.
@@ -108,8 +112,11 @@ impl ProviderApi {
         &self,
         req: &Request,
         state: poem::web::Data<&AppState>,
+        /// `t=<unix seconds>,v1=<hex HMAC-SHA256>`; a missing, stale or wrong one is a 400.
+        #[oai(name = "Acquirer-Signature")]
+        _signature: Header<Option<String>>,
         body: SignedBody,
-    ) -> Result<NotificationResponse, ApiError> {
+    ) -> Result<NotificationResponse, Errors<{ BAD_REQUEST | TOO_LARGE | INTERNAL }>> {
         let received = receive(&state, req.headers(), &body.0, Utc::now()).await?;
         Ok(NotificationResponse::Ok(SerdeJson(received)))
     }

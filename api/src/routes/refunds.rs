@@ -4,8 +4,8 @@
 
 use poem::http::StatusCode;
 use poem::Request;
-use poem_openapi::param::{Path, Query};
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use serde::{Deserialize, Serialize};
 
 use paystream_shared::domain::ids::IdKind;
@@ -17,25 +17,48 @@ use paystream_shared::views::RefundView;
 use crate::auth::{AuthContext, MerchantKey};
 use crate::error::ApiError;
 use crate::extract::{parse_limit, JsonBody, SerdeJson};
+use crate::responses::{Errors, CONFLICT, NOT_FOUND, READ, WRITE};
+use crate::routes::ApiTags;
 use crate::{idempotency, AppState};
 
 #[derive(Debug, Deserialize, Object)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[oai(rename_all = "camelCase")]
 pub struct CreateRefund {
+    /// The succeeded payment intent (`pi_...`) to refund.
     pub payment_intent_id: String,
     /// Minor units; defaults to everything not yet refunded.
     pub amount: Option<i64>,
-    /// `duplicate`, `fraudulent` or `requested_by_customer`.
-    pub reason: Option<String>,
+    pub reason: Option<RefundReason>,
+}
+
+/// Why the money goes back.
+#[derive(Debug, Clone, Copy, Deserialize, Enum)]
+#[serde(rename_all = "snake_case")]
+#[oai(rename_all = "snake_case")]
+pub enum RefundReason {
+    Duplicate,
+    Fraudulent,
+    RequestedByCustomer,
+}
+
+impl RefundReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            RefundReason::Duplicate => "duplicate",
+            RefundReason::Fraudulent => "fraudulent",
+            RefundReason::RequestedByCustomer => "requested_by_customer",
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize, Object)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[oai(rename_all = "camelCase")]
 pub struct RefundIntent {
+    /// Minor units; defaults to everything not yet refunded.
     pub amount: Option<i64>,
-    pub reason: Option<String>,
+    pub reason: Option<RefundReason>,
 }
 
 #[derive(Object, Serialize)]
@@ -47,18 +70,32 @@ pub struct RefundList {
 }
 
 #[derive(ApiResponse)]
-pub enum RefundResponse {
-    #[oai(status = 200)]
-    Ok(SerdeJson<RefundView>),
+pub enum RefundCreated {
+    /// The refund was created, `pending`; the refund worker settles it.
     #[oai(status = 201)]
     Created(SerdeJson<RefundView>),
+    /// A replay of an earlier request with this Idempotency-Key, with
+    /// `Idempotent-Replayed: true`.
+    #[oai(status = 200)]
+    Replayed(SerdeJson<RefundView>),
+}
+
+#[derive(ApiResponse)]
+pub enum RefundResponse {
+    /// The refund.
+    #[oai(status = 200)]
+    Ok(SerdeJson<RefundView>),
 }
 
 #[derive(ApiResponse)]
 pub enum RefundListResponse {
+    /// A page of refunds, newest first.
     #[oai(status = 200)]
     Ok(SerdeJson<RefundList>),
 }
+
+/// A refund names an intent that may not exist, or may not be refundable (409).
+const CREATE: u32 = WRITE | NOT_FOUND | CONFLICT;
 
 async fn create_refund(
     req: &Request,
@@ -67,12 +104,12 @@ async fn create_refund(
     intent_id: &str,
     param: &str,
     amount: Option<i64>,
-    reason: Option<String>,
-) -> Result<RefundResponse, ApiError> {
+    reason: Option<RefundReason>,
+) -> Result<RefundCreated, ApiError> {
     let amount = amount
         .map(|a| Amount::parse_charge(a, "amount"))
         .transpose()?;
-    let reason = parse_reason(reason)?;
+    let reason = parse_reason(reason.map(|r| r.as_str().to_owned()))?;
     if IdKind::PaymentIntent.parse(intent_id, param).is_err() {
         return Err(ApiError::not_found("payment_intent", intent_id).with_param(param));
     }
@@ -89,12 +126,12 @@ async fn create_refund(
     let body = serde_json::to_vec(&view).map_err(|e| ApiError::internal(&e))?;
     idempotency::complete(req, &mut tx, StatusCode::CREATED, &body).await?;
     tx.commit().await?;
-    Ok(RefundResponse::Created(SerdeJson(view)))
+    Ok(RefundCreated::Created(SerdeJson(view)))
 }
 
 pub struct RefundsApi;
 
-#[OpenApi]
+#[OpenApi(tag = "ApiTags::Refunds")]
 impl RefundsApi {
     /// Refund a succeeded payment intent, in full or in part.
     #[oai(path = "/refunds", method = "post")]
@@ -103,8 +140,12 @@ impl RefundsApi {
         req: &Request,
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
-        body: JsonBody<CreateRefund>,
-    ) -> Result<RefundResponse, ApiError> {
+        /// Makes the request safe to retry: the same key with the same body answers the
+        /// original response (200, `Idempotent-Replayed: true`) instead of running again.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
+        body: JsonBody<CreateRefund, true>,
+    ) -> Result<RefundCreated, Errors<CREATE>> {
         let b = body.0;
         create_refund(
             req,
@@ -116,6 +157,7 @@ impl RefundsApi {
             b.reason,
         )
         .await
+        .map_err(Errors)
     }
 
     /// The same as `POST /refunds` for this payment intent.
@@ -126,10 +168,16 @@ impl RefundsApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
+        /// Makes the request safe to retry: the same key with the same body answers the
+        /// original response (200, `Idempotent-Replayed: true`) instead of running again.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
         body: JsonBody<RefundIntent>,
-    ) -> Result<RefundResponse, ApiError> {
+    ) -> Result<RefundCreated, Errors<CREATE>> {
         let b = body.0;
-        create_refund(req, &state, &auth.0, &id.0, "id", b.amount, b.reason).await
+        create_refund(req, &state, &auth.0, &id.0, "id", b.amount, b.reason)
+            .await
+            .map_err(Errors)
     }
 
     /// Retrieve a refund.
@@ -139,7 +187,7 @@ impl RefundsApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
-    ) -> Result<RefundResponse, ApiError> {
+    ) -> Result<RefundResponse, Errors<{ READ | NOT_FOUND }>> {
         let refund = store::get(&state.pool, &auth.0.merchant_id, &id.0)
             .await?
             .ok_or_else(|| ApiError::not_found("refund", &id.0))?;
@@ -155,7 +203,7 @@ impl RefundsApi {
         #[oai(name = "paymentIntentId")] payment_intent_id: Query<Option<String>>,
         limit: Query<Option<String>>,
         #[oai(name = "startingAfter")] starting_after: Query<Option<String>>,
-    ) -> Result<RefundListResponse, ApiError> {
+    ) -> Result<RefundListResponse, Errors<READ>> {
         let limit = parse_limit(limit.0.as_deref())?;
         // An unknown cursor would otherwise read as an empty last page; answer as the other
         // lists do. Another merchant's refund is unknown here too.
@@ -165,7 +213,8 @@ impl RefundsApi {
                     "resource_missing",
                     "`startingAfter` names no refund of yours",
                 )
-                .with_param("startingAfter"));
+                .with_param("startingAfter")
+                .into());
             }
         }
         let mut rows = store::list(

@@ -8,7 +8,7 @@
 
 use poem::http::StatusCode;
 use poem::Request;
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,8 @@ use paystream_shared::webhooks::views::{
 use crate::auth::{AuthContext, MerchantKey};
 use crate::error::ApiError;
 use crate::extract::{parse_limit, JsonBody, SerdeJson};
+use crate::responses::{Errors, CONFLICT, FORBIDDEN, NOT_FOUND, READ, WRITE};
+use crate::routes::ApiTags;
 use crate::{idempotency, AppState};
 
 #[derive(Debug, Deserialize, Object)]
@@ -82,44 +84,71 @@ pub struct Deleted {
 }
 
 #[derive(ApiResponse)]
-pub enum SubscriptionResponse {
-    #[oai(status = 200)]
-    Ok(SerdeJson<WebhookSubscriptionView>),
+pub enum SubscriptionCreated {
+    /// Subscribed; `secret` is shown only in this answer (and its Idempotency-Key replay).
     #[oai(status = 201)]
     Created(SerdeJson<WebhookSubscriptionView>),
+    /// A replay of an earlier request with this Idempotency-Key, secret included, with
+    /// `Idempotent-Replayed: true`.
+    #[oai(status = 200)]
+    Replayed(SerdeJson<WebhookSubscriptionView>),
+}
+
+#[derive(ApiResponse)]
+pub enum SubscriptionResponse {
+    /// The subscription with its new `secret` (also in a replay of this request).
+    #[oai(status = 200)]
+    Ok(SerdeJson<WebhookSubscriptionView>),
 }
 
 #[derive(ApiResponse)]
 pub enum SubscriptionListResponse {
+    /// A page of subscriptions, newest first.
     #[oai(status = 200)]
     Ok(SerdeJson<SubscriptionList>),
 }
 
 #[derive(ApiResponse)]
 pub enum DeletedResponse {
+    /// The subscription is deleted.
     #[oai(status = 200)]
     Ok(SerdeJson<Deleted>),
 }
 
 #[derive(ApiResponse)]
 pub enum DeliveryListResponse {
+    /// A page of deliveries, newest first.
     #[oai(status = 200)]
     Ok(SerdeJson<DeliveryList>),
+}
+
+#[derive(ApiResponse)]
+pub enum RedeliverResponse {
+    /// Accepted: the deliveries that will be attempted again.
     #[oai(status = 202)]
     Accepted(SerdeJson<DeliveryList>),
+    /// A replay of an earlier request with this Idempotency-Key, with
+    /// `Idempotent-Replayed: true`.
+    #[oai(status = 200)]
+    Replayed(SerdeJson<DeliveryList>),
 }
 
 #[derive(ApiResponse)]
 pub enum EventResponse {
+    /// The event.
     #[oai(status = 200)]
     Ok(SerdeJson<WebhookEventView>),
 }
 
 #[derive(ApiResponse)]
 pub enum EventListResponse {
+    /// A page of events, newest first.
     #[oai(status = 200)]
     Ok(SerdeJson<EventList>),
 }
+
+/// Errors of a write on one subscription or event: it may not exist.
+const ON_OBJECT: u32 = WRITE | NOT_FOUND;
 
 fn secret_box(state: &AppState) -> SecretBox {
     SecretBox::new(state.config.webhook_secret_key.expose())
@@ -177,23 +206,19 @@ async fn finish_with_secret(
     status: StatusCode,
     sub: &Subscription,
     secret: &WebhookSecret,
-) -> Result<SubscriptionResponse, ApiError> {
+) -> Result<WebhookSubscriptionView, ApiError> {
     let public = serde_json::to_vec(&sub.view()).map_err(|e| ApiError::internal(&e))?;
     let mut view = sub.view();
     view.secret = Some(secret.expose().to_owned());
     let full = serde_json::to_vec(&view).map_err(|e| ApiError::internal(&e))?;
     idempotency::complete_sealed(req, &mut tx, status, &public, &full, &secret_box(state)).await?;
     tx.commit().await?;
-    Ok(if status == StatusCode::CREATED {
-        SubscriptionResponse::Created(SerdeJson(view))
-    } else {
-        SubscriptionResponse::Ok(SerdeJson(view))
-    })
+    Ok(view)
 }
 
 pub struct WebhooksApi;
 
-#[OpenApi]
+#[OpenApi(tag = "ApiTags::Webhooks")]
 impl WebhooksApi {
     /// Subscribe an endpoint to events. The answer carries the signing secret; it is shown
     /// only here and on rotation.
@@ -203,8 +228,12 @@ impl WebhooksApi {
         req: &Request,
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
-        body: JsonBody<Subscribe>,
-    ) -> Result<SubscriptionResponse, ApiError> {
+        /// Makes the request safe to retry: the same key with the same body answers the
+        /// original response (200, `Idempotent-Replayed: true`) instead of running again.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
+        body: JsonBody<Subscribe, true>,
+    ) -> Result<SubscriptionCreated, Errors<WRITE>> {
         let auth = auth.0;
         let url = WebhookUrl::parse(&body.0.url)?;
         url.ensure_reachable(state.config.webhook_allow_private)?;
@@ -223,7 +252,8 @@ impl WebhooksApi {
             &auth.actor(),
         )
         .await?;
-        finish_with_secret(req, &state, tx, StatusCode::CREATED, &sub, &secret).await
+        let view = finish_with_secret(req, &state, tx, StatusCode::CREATED, &sub, &secret).await?;
+        Ok(SubscriptionCreated::Created(SerdeJson(view)))
     }
 
     /// List your webhook subscriptions, newest first (without their secrets).
@@ -234,7 +264,7 @@ impl WebhooksApi {
         state: poem::web::Data<&AppState>,
         limit: Query<Option<String>>,
         #[oai(name = "startingAfter")] starting_after: Query<Option<String>>,
-    ) -> Result<SubscriptionListResponse, ApiError> {
+    ) -> Result<SubscriptionListResponse, Errors<READ>> {
         let auth = auth.0;
         let limit = parse_limit(limit.0.as_deref())?;
         check_cursor(
@@ -265,7 +295,7 @@ impl WebhooksApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
-    ) -> Result<DeletedResponse, ApiError> {
+    ) -> Result<DeletedResponse, Errors<{ READ | FORBIDDEN | NOT_FOUND }>> {
         let auth = auth.0;
         let mut tx = state.pool.begin().await?;
         let sub = lock_subscription(&mut tx, &auth, &id.0).await?;
@@ -285,15 +315,20 @@ impl WebhooksApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
+        /// Makes the request safe to retry: the same key with the same body answers the
+        /// original response (200, `Idempotent-Replayed: true`) instead of running again.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
         _body: JsonBody<Empty>,
-    ) -> Result<SubscriptionResponse, ApiError> {
+    ) -> Result<SubscriptionResponse, Errors<ON_OBJECT>> {
         let auth = auth.0;
         let mut tx = state.pool.begin().await?;
         let sub = lock_subscription(&mut tx, &auth, &id.0).await?;
         let secret = WebhookSecret::generate();
         let sealed = secret_box(&state).seal_secret(&secret, &sub.id);
         let sub = store::rotate_secret(&mut tx, &sub, sealed, &auth.actor()).await?;
-        finish_with_secret(req, &state, tx, StatusCode::OK, &sub, &secret).await
+        let view = finish_with_secret(req, &state, tx, StatusCode::OK, &sub, &secret).await?;
+        Ok(SubscriptionResponse::Ok(SerdeJson(view)))
     }
 
     /// The deliveries of events to your endpoints, newest first.
@@ -309,7 +344,7 @@ impl WebhooksApi {
         status: Query<Option<String>>,
         limit: Query<Option<String>>,
         #[oai(name = "startingAfter")] starting_after: Query<Option<String>>,
-    ) -> Result<DeliveryListResponse, ApiError> {
+    ) -> Result<DeliveryListResponse, Errors<{ READ | NOT_FOUND }>> {
         let auth = auth.0;
         let limit = parse_limit(limit.0.as_deref())?;
         let status = status
@@ -320,7 +355,9 @@ impl WebhooksApi {
         // A filter naming another merchant's object answers 404, like fetching it would.
         if let Some(event_id) = event_id.0.as_deref() {
             if !store::exists(&state.pool, Cursor::Events, &auth.merchant_id, event_id).await? {
-                return Err(ApiError::not_found("event", event_id).with_param("eventId"));
+                return Err(ApiError::not_found("event", event_id)
+                    .with_param("eventId")
+                    .into());
             }
         }
         if let Some(sub_id) = subscription_id.0.as_deref() {
@@ -334,7 +371,8 @@ impl WebhooksApi {
             .await?;
             if !known {
                 return Err(ApiError::not_found("webhook subscription", sub_id)
-                    .with_param("subscriptionId"));
+                    .with_param("subscriptionId")
+                    .into());
             }
         }
         check_cursor(
@@ -362,7 +400,7 @@ impl WebhooksApi {
 
 pub struct EventsApi;
 
-#[OpenApi]
+#[OpenApi(tag = "ApiTags::Events")]
 impl EventsApi {
     /// List events, newest first, optionally of one type.
     #[oai(path = "/events", method = "get")]
@@ -373,7 +411,7 @@ impl EventsApi {
         #[oai(name = "type")] event_type: Query<Option<String>>,
         limit: Query<Option<String>>,
         #[oai(name = "startingAfter")] starting_after: Query<Option<String>>,
-    ) -> Result<EventListResponse, ApiError> {
+    ) -> Result<EventListResponse, Errors<READ>> {
         let auth = auth.0;
         let limit = parse_limit(limit.0.as_deref())?;
         let event_type = event_type.0.as_deref().map(EventType::parse).transpose()?;
@@ -400,7 +438,7 @@ impl EventsApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
-    ) -> Result<EventResponse, ApiError> {
+    ) -> Result<EventResponse, Errors<{ READ | NOT_FOUND }>> {
         let event = load_event(&state, &auth.0, &id.0).await?;
         Ok(EventResponse::Ok(SerdeJson(event)))
     }
@@ -415,8 +453,12 @@ impl EventsApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
+        /// Makes the request safe to retry: the same key with the same body answers the
+        /// original response (200, `Idempotent-Replayed: true`) instead of running again.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
         body: JsonBody<Redeliver>,
-    ) -> Result<DeliveryListResponse, ApiError> {
+    ) -> Result<RedeliverResponse, Errors<{ ON_OBJECT | CONFLICT }>> {
         let auth = auth.0;
         let event = load_event(&state, &auth, &id.0).await?;
         let mut tx = state.pool.begin().await?;
@@ -430,7 +472,7 @@ impl EventsApi {
                     .parse(&sub_id, "subscriptionId")
                     .is_err()
                 {
-                    return Err(not_found());
+                    return Err(not_found().into());
                 }
                 let sub = store::get_subscription(&mut tx, &auth.merchant_id, &sub_id, true)
                     .await?
@@ -440,7 +482,8 @@ impl EventsApi {
                         "subscription_inactive",
                         "This subscription is disabled (its endpoint answered 410 Gone)",
                     )
-                    .with_param("subscriptionId"));
+                    .with_param("subscriptionId")
+                    .into());
                 }
                 let selects = EventSelection::parse(&sub.events)
                     .map(|s| s.matches(&event.event_type))
@@ -453,7 +496,8 @@ impl EventsApi {
                             event.event_type
                         ),
                     )
-                    .with_param("subscriptionId"));
+                    .with_param("subscriptionId")
+                    .into());
                 }
                 vec![(sub.id, sub.url)]
             }
@@ -477,7 +521,7 @@ impl EventsApi {
         let body = serde_json::to_vec(&list).map_err(|e| ApiError::internal(&e))?;
         idempotency::complete(req, &mut tx, StatusCode::ACCEPTED, &body).await?;
         tx.commit().await?;
-        Ok(DeliveryListResponse::Accepted(SerdeJson(list)))
+        Ok(RedeliverResponse::Accepted(SerdeJson(list)))
     }
 }
 

@@ -3,8 +3,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
-use paystream_nats::consumer::{self, StrandedSweeper, MAX_DELIVERIES_REASON, STRANDED_REASON};
 use paystream_nats::dlq::{self, *};
+use paystream_nats::max_deliveries::{
+    self, StrandedSweeper, MAX_DELIVERIES_REASON, STRANDED_REASON,
+};
 use paystream_nats::{NatsError, Stream};
 use tokio_util::sync::CancellationToken;
 
@@ -301,7 +303,7 @@ async fn the_watch_dead_letters_what_a_crashed_worker_left_behind() {
             shutdown.clone(),
         );
         async move {
-            consumer::run_max_deliveries_watch(
+            max_deliveries::run_watch(
                 &client,
                 &js,
                 &topology,

@@ -4,6 +4,7 @@
 
 pub mod ids;
 pub mod money;
+pub mod outcome;
 pub mod payment_intent;
 pub mod provider_event;
 pub mod refund;

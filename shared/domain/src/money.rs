@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::DomainError;
 
-/// The largest amount a single payment may carry, in minor units (CONTRACT.md: 1..=99999999).
+/// The largest amount a single payment may carry, in minor units (docs/api.md: 1..=99999999).
 pub const MAX_AMOUNT: i64 = 99_999_999;
 
 /// ISO 4217 currencies we accept, with their exponents (how many minor-unit digits).

@@ -55,7 +55,7 @@ impl PaymentIntentStatus {
         }
     }
 
-    /// CONTRACT.md's transition table, verbatim.
+    /// The public transition table (docs/api.md), verbatim.
     pub fn can_transition(self, to: PaymentIntentStatus) -> bool {
         match self {
             S::RequiresPaymentMethod => matches!(to, S::RequiresConfirmation | S::Canceled),
@@ -213,7 +213,7 @@ pub fn may_require_action(payment_method_id: &str) -> bool {
     payment_method_id == "pm_card_threeDSecureRequired"
 }
 
-/// A metadata map within CONTRACT.md's limits: at most 50 keys, keys of 1..=40 characters,
+/// A metadata map within the API's limits (docs/api.md): at most 50 keys, keys of 1..=40 characters,
 /// values of at most 500 characters.
 pub fn validate_metadata(
     metadata: &std::collections::BTreeMap<String, String>,
@@ -286,6 +286,14 @@ pub struct PaymentIntent {
     pub cancellation_reason: Option<String>,
     /// The acquirer's charge id, once it answered. Internal: never shown to merchants.
     pub acquirer_charge_id: Option<String>,
+    /// Incremented by every write. A worker's write is guarded on the version it read, which
+    /// never recurs, where a status (`processing`) can. Internal.
+    pub version: i64,
+    /// What a manual capture asked for, recorded with the capture itself so every later path
+    /// captures exactly that. Internal.
+    pub amount_to_capture: Option<Amount>,
+    /// When the acquirer confirmed that a canceled intent's charge holds no money. Internal.
+    pub void_confirmed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -2,7 +2,7 @@
 //! from the acquirer, the envelope every notification shares, the typed events we act on, and
 //! the ordering rule that keeps a late or repeated notification from moving an object backwards.
 //!
-//! Wire format (CONTRACT.md, "Notifications from the acquirer"):
+//! Wire format (docs/acquirer.md, "Notifications to paystream"):
 //! - header `Acquirer-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "{t}.{body}")>`
 //!   (several `v1=` entries may be sent while the acquirer rotates its secret; one must match);
 //! - body `{"id": "aevt_…", "type": "refund.succeeded", "createdAt": RFC 3339, "data": {...}}`,

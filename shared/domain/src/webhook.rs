@@ -169,7 +169,7 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     None
 }
 
-/// Every event type CONTRACT.md names.
+/// Every event type (docs/webhooks.md).
 pub const EVENT_TYPES: &[&str] = &[
     "payment_intent.created",
     "payment_intent.processing",
@@ -449,7 +449,7 @@ impl FromStr for DeliveryStatus {
     }
 }
 
-/// What an endpoint's HTTP answer means for the delivery (CONTRACT.md, Webhooks).
+/// What an endpoint's HTTP answer means for the delivery (docs/webhooks.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseClass {
     /// 2xx: delivered.

@@ -13,8 +13,8 @@ use sqlx::{PgConnection, PgExecutor};
 
 use super::StoreError;
 use crate::audit::Actor;
-use crate::change::{self, Change};
 use crate::domain::payment_intent::{PaymentIntent, PaymentIntentStatus};
+use crate::store::change::{self, Change};
 
 /// The event announcing that an uncaptured authorization expires soon.
 pub const AUTHORIZATION_EXPIRING: &str = "payment_intent.authorization_expiring";

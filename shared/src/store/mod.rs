@@ -2,9 +2,13 @@
 //! store function, which asks the object's state machine, makes a guarded update, and writes
 //! the audit entry and the outbox rows in the caller's transaction.
 
+pub mod audit_log;
+pub mod change;
+pub mod events;
 pub mod idempotency_keys;
 pub mod intent_deadlines;
 pub mod merchants;
+pub mod outbox;
 pub mod payment_intents;
 pub mod payment_methods;
 pub mod provider_events;

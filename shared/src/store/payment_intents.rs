@@ -10,11 +10,11 @@ use sqlx::{PgConnection, PgExecutor};
 
 use super::StoreError;
 use crate::audit::{self, Actor, NewEntry};
-use crate::change::{self, Change};
 use crate::domain::money::{Amount, Currency};
 use crate::domain::payment_intent::{
     CaptureMethod, PaymentError, PaymentIntent, PaymentIntentStatus, RedirectAction,
 };
+use crate::store::change::{self, Change};
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -38,6 +38,9 @@ struct Row {
     canceled_at: Option<DateTime<Utc>>,
     cancellation_reason: Option<String>,
     acquirer_charge_id: Option<String>,
+    version: i64,
+    amount_to_capture: Option<i64>,
+    void_confirmed_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -75,6 +78,9 @@ impl TryFrom<Row> for PaymentIntent {
             canceled_at: r.canceled_at,
             cancellation_reason: r.cancellation_reason,
             acquirer_charge_id: r.acquirer_charge_id,
+            version: r.version,
+            amount_to_capture: r.amount_to_capture.map(Amount::from_stored),
+            void_confirmed_at: r.void_confirmed_at,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
@@ -85,7 +91,8 @@ const COLUMNS: &str =
     "id, merchant_id, amount, currency, status, amount_capturable, amount_received, \
     amount_refunded, customer_id, payment_method_id, capture_method, description, metadata, \
     last_payment_error, next_action, return_url, authorization_expires_at, canceled_at, \
-    cancellation_reason, acquirer_charge_id, created_at, updated_at";
+    cancellation_reason, acquirer_charge_id, version, amount_to_capture, void_confirmed_at, \
+    created_at, updated_at";
 
 /// Inserts a new intent with its `created` audit entry and `payment_intent.created` event.
 pub async fn insert(
@@ -237,10 +244,20 @@ pub async fn exists<'e>(
     .await?)
 }
 
+/// The version `current` has after its next write: what a command queued with that write
+/// carries.
+pub fn next_version(current: &PaymentIntent) -> i64 {
+    current.version + 1
+}
+
 /// Moves `current` to `to` after `change` edits the other fields: asks the state machine, then
-/// in one statement updates the row only if it still has the status we read and writes the
-/// audit entry (before and after) and, if given, the event. Being one statement it is atomic
-/// inside or outside a transaction. Returns the new intent.
+/// in one statement updates the row only if it is still the version we read (and so still has
+/// the status we read) and writes the audit entry (before and after) and, if given, the event.
+/// Being one statement it is atomic inside or outside a transaction. Returns the new intent.
+///
+/// The guard is the version, not the status, because a status can recur: `processing` is
+/// entered by a confirm and again by a manual capture, and a worker that read the first must
+/// not write over the second.
 pub async fn transition(
     conn: &mut PgConnection,
     current: &PaymentIntent,
@@ -270,6 +287,7 @@ pub async fn transition_queueing(
     let mut next = current.clone();
     change(&mut next);
     next.status = to;
+    next.version = next_version(current);
     next.updated_at = crate::domain::now();
     let mut effects = Change::new(
         &next.merchant_id,
@@ -292,8 +310,9 @@ pub async fn transition_queueing(
                 amount_refunded = $20, payment_method_id = $21, last_payment_error = $22,
                 next_action = $23, return_url = $24, authorization_expires_at = $25,
                 canceled_at = $26, cancellation_reason = $27, updated_at = $28,
-                acquirer_charge_id = $29
-            WHERE id = $15 AND status = $16
+                acquirer_charge_id = $29, amount_to_capture = $30, void_confirmed_at = $31,
+                version = version + 1
+            WHERE id = $15 AND status = $16 AND version = $32
             RETURNING 1)",
     );
     let query = effects
@@ -312,7 +331,10 @@ pub async fn transition_queueing(
         .bind(next.canceled_at)
         .bind(&next.cancellation_reason)
         .bind(next.updated_at)
-        .bind(&next.acquirer_charge_id);
+        .bind(&next.acquirer_charge_id)
+        .bind(next.amount_to_capture.map(Amount::minor_units))
+        .bind(next.void_confirmed_at)
+        .bind(current.version);
     if !change::apply(conn, query).await? {
         return Err(StoreError::Conflict {
             object: "payment_intent",
@@ -355,12 +377,14 @@ pub async fn apply_refund(
     }
     let mut next = intent.clone();
     next.amount_refunded = total;
+    next.version = next_version(intent);
     next.updated_at = crate::domain::now();
-    let updated = sqlx::query("UPDATE payment_intents SET amount_refunded = $3, updated_at = $4 WHERE id = $1 AND status = $2")
+    let updated = sqlx::query("UPDATE payment_intents SET amount_refunded = $3, updated_at = $4, version = version + 1 WHERE id = $1 AND status = $2 AND version = $5")
         .bind(&intent.id)
         .bind(intent.status.as_str())
         .bind(total.minor_units())
         .bind(next.updated_at)
+        .bind(intent.version)
         .execute(&mut *conn)
         .await?;
     if updated.rows_affected() != 1 {
@@ -384,4 +408,93 @@ pub async fn apply_refund(
     )
     .await?;
     Ok(next)
+}
+
+/// Records that the acquirer holds no money for a canceled intent's charge any more (its void
+/// was confirmed, or the charge never got as far as an authorization), with an audit entry.
+/// Once: a second call, or one for an intent that is not canceled, writes nothing and answers
+/// `false`. `updated_at` is left alone: nothing a client sees changed.
+pub async fn mark_void_confirmed(
+    conn: &mut PgConnection,
+    intent: &PaymentIntent,
+    actor: &Actor,
+) -> Result<bool, StoreError> {
+    let now = crate::domain::now();
+    let mut after = intent.to_json();
+    after["voidConfirmedAt"] = serde_json::json!(now);
+    let effects = Change::new(
+        &intent.merchant_id,
+        "payment_intent",
+        &intent.id,
+        "payment_intent.void_confirmed",
+        actor,
+        None,
+        after,
+    );
+    let sql = Change::sql(
+        "changed AS (
+            UPDATE payment_intents SET void_confirmed_at = $17, version = version + 1
+            WHERE id = $15 AND status = $16 AND void_confirmed_at IS NULL
+            RETURNING 1)",
+    );
+    let query = effects
+        .bind(sqlx::query(&sql))
+        .bind(&intent.id)
+        .bind(PaymentIntentStatus::Canceled.as_str())
+        .bind(now);
+    Ok(change::apply(conn, query).await?)
+}
+
+/// Marks an intent reconciliation has just acted on (requeued its command), so the next pass
+/// waits another stuck threshold before asking again. Only while it is still in `status`.
+pub async fn touch(
+    conn: &mut PgConnection,
+    id: &str,
+    status: PaymentIntentStatus,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE payment_intents SET updated_at = now() WHERE id = $1 AND status = $2")
+        .bind(id)
+        .bind(status.as_str())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// `(id, merchant_id)` of intents in one of `statuses` that nothing changed since `before`,
+/// oldest first: what reconciliation asks the acquirer about.
+pub async fn stuck<'e>(
+    db: impl PgExecutor<'e>,
+    statuses: &[PaymentIntentStatus],
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+    Ok(sqlx::query_as(
+        "SELECT id, merchant_id FROM payment_intents
+         WHERE status = ANY($1) AND updated_at < $2 ORDER BY updated_at LIMIT $3",
+    )
+    .bind(statuses)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}
+
+/// `(id, merchant_id)` of canceled intents with a charge whose release the acquirer has not
+/// confirmed, canceled before `before`, oldest first.
+pub async fn unconfirmed_voids<'e>(
+    db: impl PgExecutor<'e>,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, merchant_id FROM payment_intents
+         WHERE status = 'canceled' AND acquirer_charge_id IS NOT NULL
+           AND void_confirmed_at IS NULL AND updated_at < $1
+         ORDER BY updated_at LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
 }

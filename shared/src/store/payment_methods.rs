@@ -6,9 +6,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
+use super::change::{self, Change};
 use super::StoreError;
 use crate::audit::Actor;
-use crate::change::{self, Change};
 use crate::views::{BankAccountView, CardView, PaymentMethodType, PaymentMethodView};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,7 +41,7 @@ impl Refund {
             amount: self.amount.minor_units(),
             currency: self.currency.code().to_owned(),
             reason: self.reason.clone(),
-            status: self.status.as_str().to_owned(),
+            status: self.status.into(),
             failure_reason: self.failure_reason.clone(),
             created_at: self.created_at,
             processed_at: self.processed_at,
@@ -380,4 +380,33 @@ pub async fn stale_pending<'e>(
     .into_iter()
     .map(Refund::try_from)
     .collect()
+}
+
+/// Remembers the acquirer's id for a refund it accepted as pending (from its answer to our
+/// call or from its `refund.pending` notification), so the refund is not sent again. Only while
+/// the refund is pending and has none yet; answers whether this call recorded it.
+pub async fn record_acquirer_id(
+    conn: &mut PgConnection,
+    refund_id: &str,
+    acquirer_refund_id: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE refunds SET acquirer_refund_id = $2, updated_at = now()
+         WHERE id = $1 AND status = 'pending' AND acquirer_refund_id IS NULL",
+    )
+    .bind(refund_id)
+    .bind(acquirer_refund_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks a pending refund reconciliation has just sent again, so the next pass waits another
+/// stuck threshold before asking about it.
+pub async fn touch_pending(conn: &mut PgConnection, refund_id: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE refunds SET updated_at = now() WHERE id = $1 AND status = 'pending'")
+        .bind(refund_id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }

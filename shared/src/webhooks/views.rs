@@ -1,4 +1,4 @@
-//! Webhook objects as clients see them (CONTRACT.md, Webhooks). Serialized with serde like
+//! Webhook objects as clients see them (docs/webhooks.md). Serialized with serde like
 //! every other view; poem-openapi schemas only behind the `openapi` feature.
 
 use chrono::{DateTime, Utc};
@@ -37,9 +37,13 @@ pub struct WebhookDeliveryView {
     pub attempt: i32,
     /// `pending`, `succeeded` or `failed`.
     pub status: String,
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub response_code: Option<i32>,
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub next_retry_at: Option<DateTime<Utc>>,
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub delivered_at: Option<DateTime<Utc>>,
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub error: Option<String>,
 }
 

@@ -140,3 +140,167 @@ async fn verify_detects_a_deleted_link() {
         .expect("detected");
     assert_eq!(bad.reason, "prev_hash does not match the entry before it");
 }
+
+/// Appends to one object's chain from `tasks` connections at once, `each` entries apiece; half
+/// the tasks append inside a transaction that stays open a moment after the insert, the
+/// others in autocommit, as the API's one-statement changes do.
+async fn append_concurrently(pool: &sqlx::PgPool, object_id: &str, tasks: usize, each: usize) {
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(tasks));
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let pool = pool.clone();
+        let object_id = object_id.to_owned();
+        let start = start.clone();
+        handles.push(tokio::spawn(async move {
+            let mut conn = pool.acquire().await.unwrap();
+            start.wait().await;
+            let actor = audit::Actor::Worker("stress");
+            for n in 0..each {
+                let entry = audit::NewEntry {
+                    merchant_id: Some("m_stress"),
+                    object_type: "payment_intent",
+                    object_id: &object_id,
+                    action: "stress.append",
+                    actor: &actor,
+                    before: None,
+                    after: Some(json!({"task": t, "n": n})),
+                };
+                if t % 2 == 0 {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+                    audit::append(&mut tx, entry).await.unwrap();
+                    tokio::task::yield_now().await;
+                    tx.commit().await.unwrap();
+                } else {
+                    audit::append(&mut conn, entry).await.unwrap();
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn concurrent_appends_to_one_object_keep_its_chain_linear() {
+    let db = paystream_tests::TestDb::new().await;
+    let (tasks, each): (u32, u32) = (16, 20);
+    // One connection per appender, so every append really races the others.
+    let pool = paystream_shared::db::connect(&db.url, tasks + 2)
+        .await
+        .unwrap();
+    append_concurrently(&pool, "pi_contended", tasks as usize, each as usize).await;
+
+    let report = audit::verify(&pool).await.unwrap();
+    assert_eq!(report.entries, u64::from(tasks * each));
+    assert_eq!(report.first_bad, None, "nobody edited anything");
+
+    // No two entries claim the same predecessor: the chain did not fork.
+    let forks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT prev_hash FROM audit_log WHERE object_id = 'pi_contended'
+         GROUP BY prev_hash HAVING count(*) > 1) f",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(forks, 0);
+
+    // The operator's command agrees.
+    let out = std::process::Command::new(paystream_tests::binary("paystream"))
+        .args(["audit", "verify", "--json"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verdict: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(verdict["ok"], true);
+    assert_eq!(verdict["entries"], u64::from(tasks * each));
+}
+
+/// Inserts an entry with the given `seq`, as the column default would have given it, through
+/// the trigger of the migrations applied so far.
+async fn append_with_seq(pool: &sqlx::PgPool, object_id: &str, seq: i64) {
+    sqlx::query(
+        "INSERT INTO audit_log (seq, id, merchant_id, object_type, object_id, action, actor, before, after, prev_hash, hash)
+         VALUES ($1, 'aud_' || $1::text, 'm_old', 'payment_intent', $2, 'old.append', 'worker:old', NULL, '{}', '', '')",
+    )
+    .bind(seq)
+    .bind(object_id)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn chains_written_before_the_position_migration_still_verify() {
+    let db = paystream_tests::TestDb::migrated_before(11).await;
+    let actor = audit::Actor::Worker("old");
+    for n in 0..5 {
+        let mut conn = db.pool.acquire().await.unwrap();
+        audit::append(
+            &mut conn,
+            audit::NewEntry {
+                merchant_id: Some("m_old"),
+                object_type: "payment_intent",
+                object_id: "pi_linear",
+                action: "old.append",
+                actor: &actor,
+                before: None,
+                after: Some(json!({"n": n})),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    // The race as the old trigger recorded it: 2001 took its seq before 2002 but the lock
+    // after it, so it chains onto 2002. Linear, though `seq` says otherwise.
+    for seq in [2000, 2002, 2001] {
+        append_with_seq(&db.pool, "pi_raced", seq).await;
+    }
+    // And a third append after such a race chained onto the highest seq: a fork (3001 and
+    // 3003 both follow 3002).
+    for seq in [3000, 3002, 3001, 3003, 3004] {
+        append_with_seq(&db.pool, "pi_forked", seq).await;
+    }
+
+    sqlx::migrate::Migrator::run(&paystream_shared::db::MIGRATOR, &db.pool)
+        .await
+        .expect("0011 applies over existing chains");
+
+    let report = audit::verify(&db.pool).await.unwrap();
+    assert_eq!(report.entries, 13);
+    let bad = report.first_bad.expect("the old fork is reported");
+    assert_eq!(bad.object_id, "pi_forked");
+    assert_eq!(bad.id, "aud_3001", "the entry forked off the line");
+    assert_eq!(bad.reason, audit::FORKED);
+
+    // New appends chain onto each chain's real tip.
+    for object_id in ["pi_linear", "pi_raced", "pi_new"] {
+        append_concurrently(&db.pool, object_id, 4, 3).await;
+    }
+    let places: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT id, object_seq FROM audit_log WHERE object_id = 'pi_raced' ORDER BY object_seq LIMIT 3",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        places,
+        [
+            ("aud_2000".to_owned(), 1),
+            ("aud_2002".to_owned(), 2),
+            ("aud_2001".to_owned(), 3)
+        ]
+    );
+    let report = audit::verify(&db.pool).await.unwrap();
+    assert_eq!(report.entries, 13 + 3 * 12);
+    assert_eq!(
+        report.first_bad.map(|b| b.object_id).as_deref(),
+        Some("pi_forked")
+    );
+}

@@ -64,7 +64,14 @@ async fn announce_now(app: &TestApp) -> usize {
 }
 
 async fn abandon_now(app: &TestApp, after: TimeDelta) -> usize {
-    deadlines::cancel_abandoned(&app.pool, now(), after, BATCH)
+    let acquirer: std::sync::Arc<dyn paystream_workers::acquirer::Acquirer> = std::sync::Arc::new(
+        paystream_workers::acquirer::HttpAcquirer::new(
+            &app.sim_url,
+            std::time::Duration::from_secs(2),
+        )
+        .unwrap(),
+    );
+    deadlines::cancel_abandoned(&app.pool, &acquirer, now(), after, BATCH)
         .await
         .unwrap()
 }

@@ -191,7 +191,8 @@ async fn confirm_moves_to_processing_and_queues_the_command_in_the_same_transact
     assert_eq!(
         commands,
         vec![
-            json!({"type": "payment.confirm.v1", "paymentIntentId": id, "merchantId": app.merchant_id})
+            json!({"type": "payment.confirm.v1", "paymentIntentId": id, "merchantId": app.merchant_id,
+                   "intentVersion": 1})
         ]
     );
     assert!(app

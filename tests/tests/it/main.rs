@@ -1,6 +1,7 @@
 //! The integration suite: one binary, every test against real PostgreSQL, NATS JetStream and
 //! the acquirer simulator, each with its own database and stream prefix.
 
+mod architecture;
 mod audit;
 mod auth;
 mod chaos;
@@ -8,6 +9,7 @@ mod deadlines;
 mod idempotency;
 mod idempotency_fencing;
 mod intents;
+mod money_paths;
 mod ops;
 mod payment_methods;
 mod pipeline;
@@ -17,3 +19,4 @@ mod refunds;
 mod request_path;
 mod validation;
 mod webhooks;
+mod worker_process;

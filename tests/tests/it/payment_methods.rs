@@ -516,10 +516,24 @@ async fn the_api_description_lists_the_payment_method_operations() {
         let op = &paths[path][method];
         assert_eq!(
             op["tags"],
-            json!(["Payment methods"]),
+            json!(["PaymentMethods"]),
             "{path} {method}: {op}"
         );
         assert!(op["summary"].is_string(), "{path} {method}: {op}");
+        assert_eq!(
+            op["responses"]["400"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/Error"
+        );
+    }
+    // Creating reaches the vault, which may be down.
+    assert!(paths["/payment-methods"]["post"]["responses"]["503"].is_object());
+    let pm = &spec.body["components"]["schemas"]["PaymentMethodView"];
+    for nullable in ["customerId", "card", "bankAccount", "detachedAt"] {
+        assert!(
+            pm["properties"][nullable].to_string().contains("nullable")
+                || pm["properties"][nullable].to_string().contains("null"),
+            "{nullable}: {pm}"
+        );
     }
     let schemas = &spec.body["components"]["schemas"];
     assert_eq!(

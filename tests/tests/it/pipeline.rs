@@ -135,7 +135,7 @@ async fn canceling_an_intent_waiting_for_3ds_voids_its_charge_once() {
 }
 
 #[tokio::test]
-async fn a_charge_captured_behind_a_cancel_reaches_the_operator() {
+async fn a_charge_captured_behind_a_cancel_is_refunded_and_reaches_the_operator() {
     let app = spawn_app().await;
     let _worker = app.start_confirm_worker();
     let created = app
@@ -163,9 +163,10 @@ async fn a_charge_captured_behind_a_cancel_reaches_the_operator() {
         .post(&format!("/api/payment-intents/{id}/cancel"), json!({}))
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    // The refused void is not swallowed: it waits in the dead letters, saying what to do.
+    // The refused void is not swallowed: the customer's money goes back by itself, and the
+    // operator hears of it in the dead letters, saying what was done.
     let letter =
-        paystream_tests::eventually(WAIT, "the refused void in the dead letters", || async {
+        paystream_tests::eventually(WAIT, "the orphan charge in the dead letters", || async {
             paystream_nats::dlq::list(&app.js, &app.topology)
                 .await
                 .unwrap()
@@ -174,8 +175,23 @@ async fn a_charge_captured_behind_a_cancel_reaches_the_operator() {
         })
         .await;
     let shown = format!("{letter:?}");
-    assert!(shown.contains("captured at the acquirer"), "{shown}");
+    assert!(shown.contains("orphan charge"), "{shown}");
+    assert!(shown.contains("given back"), "{shown}");
     assert!(shown.contains(&charge), "{shown}");
+    let amount = created["amount"].as_i64().unwrap();
+    assert_eq!(
+        app.acquirer_totals(&id).await,
+        (amount, amount),
+        "refunded in full"
+    );
+    let returned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE object_id = $1 AND action = 'payment_intent.orphan_charge_returned'",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(returned, 1);
 }
 
 #[tokio::test]

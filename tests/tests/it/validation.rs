@@ -331,3 +331,27 @@ async fn error_bodies_never_echo_a_card_number_or_a_key() {
         }
     }
 }
+
+#[tokio::test]
+async fn values_outside_a_documented_enum_are_a_400_naming_the_field() {
+    let app = spawn_app().await;
+    let r = app
+        .post(
+            "/api/payment-intents",
+            json!({"amount": 1000, "currency": "usd", "customerId": "cus_1", "captureMethod": "later"}),
+        )
+        .await;
+    r.assert_error(400, "parameter_invalid");
+    assert_eq!(r.error_param(), "captureMethod");
+    assert!(r.text.contains("automatic"), "{}", r.text);
+    // The reason is checked before the intent is looked up.
+    let id = "pi_any";
+    let r = app
+        .post(
+            "/api/refunds",
+            json!({"paymentIntentId": id, "reason": "because"}),
+        )
+        .await;
+    r.assert_error(400, "parameter_invalid");
+    assert_eq!(r.error_param(), "reason");
+}

@@ -10,7 +10,6 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use paystream_nats::consumer::ConsumerSpec;
-use paystream_nats::metrics::WorkerMetrics;
 use paystream_shared::domain::webhook::WebhookSecret;
 use paystream_shared::retry::{RetrySchedule, MAX_ATTEMPTS};
 use paystream_shared::store::merchants::Role;
@@ -499,34 +498,13 @@ async fn a_slow_endpoint_does_not_hold_up_a_healthy_one() {
     let mut spec: ConsumerSpec = wh::delivery_spec(&config);
     spec.concurrency = 4;
     spec.fetch_batch = 4;
-    let stop = app.shutdown.child_token();
-    tokio::spawn({
-        let (config, stop) = (config.clone(), stop.clone());
-        async move {
-            paystream_workers::runtime::run_consumer(
-                &config,
-                spec,
-                Arc::new(deliverer),
-                Arc::new(WorkerMetrics::new()),
-                stop,
-            )
-            .await
-        }
-    });
-    tokio::spawn({
-        let (config, stop) = (config.clone(), stop.clone());
-        let fanout = wh::fanout::FanOut::new(pool, RetrySchedule::new(config.retry_base, 5));
-        async move {
-            paystream_workers::runtime::run_consumer(
-                &config,
-                wh::fanout_spec(),
-                Arc::new(fanout),
-                Arc::new(WorkerMetrics::new()),
-                stop,
-            )
-            .await
-        }
-    });
+    let fanout = wh::fanout::FanOut::new(pool, RetrySchedule::new(config.retry_base, 5));
+    let process = paystream_workers::runtime::WorkerProcess::connect(&config, 4)
+        .await
+        .unwrap()
+        .consumer(spec, deliverer)
+        .consumer(wh::fanout_spec(), fanout);
+    tokio::spawn(process.run(app.shutdown.child_token()));
 
     for _ in 0..10 {
         app.create_intent(json!({})).await;

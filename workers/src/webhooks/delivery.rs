@@ -48,7 +48,7 @@ const EARLY_SLACK: Duration = Duration::from_millis(50);
 /// How the step is tuned. The defaults are what the webhook-worker runs with.
 #[derive(Debug, Clone)]
 pub struct DeliveryOptions {
-    /// One attempt's whole budget: connect, send, answer (CONTRACT.md: 10 s).
+    /// One attempt's whole budget: connect, send, answer (docs/webhooks.md: 10 s).
     pub timeout: Duration,
     pub allow_private: bool,
     /// In-flight deliveries per subscription in one process.
@@ -547,6 +547,8 @@ impl Deliverer {
 #[paystream_nats::async_trait]
 impl Handler for Deliverer {
     type Command = WebhookCommand;
+    // A delivery records its attempt in its own row and queues nothing.
+    const WRITES_OUTBOX: bool = false;
 
     async fn handle(&self, cmd: WebhookCommand, delivery: &DeliveryInfo) -> Outcome {
         match &cmd {

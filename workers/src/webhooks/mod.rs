@@ -13,20 +13,18 @@ pub mod fanout;
 pub mod limiter;
 pub mod resolver;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use paystream_nats::consumer::ConsumerSpec;
-use paystream_nats::metrics::WorkerMetrics;
 use paystream_nats::topology::Stream;
 use paystream_shared::config::Config;
 use paystream_shared::retry::{RetrySchedule, MAX_ATTEMPTS};
 use paystream_shared::webhooks::queue::SUBJECT_WEBHOOK_DELIVER;
 use paystream_shared::webhooks::secret_box::SecretBox;
 
-use crate::runtime::{run_consumer, WorkerError};
+use crate::runtime::{WorkerError, WorkerProcess};
 use delivery::{Deliverer, DeliveryOptions};
 use fanout::FanOut;
 
@@ -96,8 +94,7 @@ pub enum WebhookWorkerError {
     Http(#[from] reqwest::Error),
 }
 
-/// The `webhook-worker` process, minus reading its configuration: both consumers until
-/// `shutdown`; if either stops with an error, the other is stopped too.
+/// The `webhook-worker` process: the fan-out and the delivery consumers.
 pub async fn run_webhook_worker(
     config: Config,
     shutdown: CancellationToken,
@@ -105,56 +102,21 @@ pub async fn run_webhook_worker(
     if config.webhook_allow_private {
         tracing::warn!("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE is on: deliveries may reach loopback and private addresses");
     }
-    let pool =
-        paystream_shared::db::connect(config.database_url.expose(), config.db_pool_size).await?;
+    let process = WorkerProcess::connect(&config, config.db_pool_size).await?;
     let schedule = RetrySchedule::new(config.retry_base, MAX_ATTEMPTS);
     let deliverer = Deliverer::new(
-        pool.clone(),
+        process.pool(),
         SecretBox::new(config.webhook_secret_key.expose()),
         schedule,
         delivery_options(&config),
     )?;
-    let (fan_metrics, deliver_metrics) = (
-        Arc::new(WorkerMetrics::new()),
-        Arc::new(WorkerMetrics::new()),
-    );
-    let _health = crate::health::start(
-        &config,
-        pool.clone(),
-        true,
-        vec![
-            (FANOUT_DURABLE, fan_metrics.clone()),
-            (DELIVERY_DURABLE, deliver_metrics.clone()),
-        ],
-        &shutdown,
-    )
-    .await?;
-    let fanout = FanOut::new(pool, schedule);
-    let stop = shutdown.child_token();
-    let fan = run_consumer(
-        &config,
-        fanout_spec(),
-        Arc::new(fanout),
-        fan_metrics,
-        stop.clone(),
-    );
-    let deliver = run_consumer(
-        &config,
-        delivery_spec(&config),
-        Arc::new(deliverer),
-        deliver_metrics,
-        stop.clone(),
-    );
-    let stop_on_error = |r: Result<(), WorkerError>| {
-        if r.is_err() {
-            stop.cancel();
-        }
-        r
-    };
-    let (a, b) = tokio::join!(async { stop_on_error(fan.await) }, async {
-        stop_on_error(deliver.await)
-    });
-    a.and(b).map_err(WebhookWorkerError::from)
+    let fanout = FanOut::new(process.pool(), schedule);
+    process
+        .consumer(fanout_spec(), fanout)
+        .consumer(delivery_spec(&config), deliverer)
+        .run(shutdown)
+        .await
+        .map_err(WebhookWorkerError::from)
 }
 
 #[cfg(test)]
