@@ -42,6 +42,7 @@ pub struct AppState {
 /// Every API of the service, in the order the docs show them.
 pub type Apis = (
     routes::payment_intents::PaymentIntentsApi,
+    routes::payment_methods::PaymentMethodsApi,
     routes::refunds::RefundsApi,
     routes::webhooks::WebhooksApi,
     routes::webhooks::EventsApi,
@@ -52,6 +53,7 @@ pub type Apis = (
 fn apis() -> Apis {
     (
         routes::payment_intents::PaymentIntentsApi,
+        routes::payment_methods::PaymentMethodsApi,
         routes::refunds::RefundsApi,
         routes::webhooks::WebhooksApi,
         routes::webhooks::EventsApi,
@@ -76,6 +78,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     let docs = api.swagger_ui();
     let metrics = state.metrics.clone();
     let waker = state.relay_waker.clone();
+    let vault = routes::payment_methods::Vault::from_config(&state.config);
     // The acquirer has no merchant key; its notifications carry a signature instead. The
     // route is the same operation the docs list under `/api`, served from a service of its
     // own outside the guard (so no merchant's rate limit applies to it either). A static path
@@ -119,6 +122,7 @@ pub fn app(state: AppState) -> impl Endpoint {
             }
         })
         .data(state)
+        .data(vault)
         .around(request_id::around)
         .into_endpoint()
 }

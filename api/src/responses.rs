@@ -48,6 +48,7 @@ pub const TOO_LARGE: u32 = 1 << 5;
 pub const IDEMPOTENCY_REUSED: u32 = 1 << 6;
 pub const RATE_LIMITED: u32 = 1 << 7;
 pub const INTERNAL: u32 = 1 << 8;
+pub const UNAVAILABLE: u32 = 1 << 9;
 
 /// Every authenticated call: bad query or path values, no or a bad key, the key's rate limit,
 /// and an unexpected failure.
@@ -66,6 +67,7 @@ const STATUSES: &[(u32, u16, &str)] = &[
     (IDEMPOTENCY_REUSED, 422, "The Idempotency-Key was used before with a different method, path or body (`idempotency_key_reused`)."),
     (RATE_LIMITED, 429, "Too many requests with this key (`rate_limited`); retry after `Retry-After` seconds."),
     (INTERNAL, 500, "An unexpected failure; it has been logged. Retrying with the same Idempotency-Key is safe."),
+    (UNAVAILABLE, 503, "A service this call needs (e.g. the vault) did not answer (`service_unavailable`); retry later with the same Idempotency-Key."),
 ];
 
 /// An [`ApiError`] as an operation whose possible error statuses are `SET` answers it.

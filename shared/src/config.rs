@@ -44,6 +44,14 @@ pub struct Config {
     pub nats_url: String,
     pub api_addr: SocketAddr,
     pub vault_addr: SocketAddr,
+    /// Where paystream's processes call the vault (`PAYSTREAM_VAULT_URL`; default `http://`
+    /// + `PAYSTREAM_VAULT_ADDR`).
+    pub vault_url: String,
+    /// The service credential presented to the vault's internal calls
+    /// (`PAYSTREAM_VAULT_SERVICE_TOKEN`). Optional here, because most processes never call the
+    /// vault; the development value applies in development mode. A caller without it answers
+    /// its vault calls with a 503 naming the variable.
+    pub vault_service_token: Option<Secret<String>>,
     pub acquirer_url: String,
     pub bootstrap_api_key: Option<Secret<String>>,
     /// The base of every backoff schedule; tests shrink it.
@@ -91,6 +99,8 @@ pub const MAX_ABANDON_AFTER: Duration = Duration::from_secs(100 * 365 * 24 * 60 
 pub const DEVELOPMENT_WEBHOOK_SECRET_KEY: &str = "cGF5c3RyZWFtIGxvY2FsIGRldmVsb3BtZW50IGtleSE=";
 /// The acquirer notification secret of development; the simulator signs with it by default.
 pub const DEVELOPMENT_ACQUIRER_WEBHOOK_SECRET: &str = "acq_whsec_local_development_only";
+/// The vault's service credential in development; the vault accepts it only in development.
+pub const DEVELOPMENT_VAULT_SERVICE_TOKEN: &str = "vault_svc_local_development_only";
 
 impl Config {
     /// Reads the process environment.
@@ -170,6 +180,24 @@ impl Config {
             });
         }
         let nats_url = get("NATS_URL", DEFAULT_NATS_URL);
+        let vault_addr = addr("PAYSTREAM_VAULT_ADDR", "127.0.0.1:8081")?;
+        let vault_url = get("PAYSTREAM_VAULT_URL", &format!("http://{vault_addr}"));
+        if !vault_url.starts_with("http://") && !vault_url.starts_with("https://") {
+            return Err(ConfigError {
+                var: "PAYSTREAM_VAULT_URL",
+                value: vault_url,
+                reason: "must be an http(s) URL".into(),
+            });
+        }
+        let vault_service_token =
+            match lookup("PAYSTREAM_VAULT_SERVICE_TOKEN").filter(|v| !v.is_empty()) {
+                // Unset outside development: only the processes that call the vault need it.
+                None if environment == Environment::Production => None,
+                _ => Some(Secret::new(secret(
+                    "PAYSTREAM_VAULT_SERVICE_TOKEN",
+                    DEVELOPMENT_VAULT_SERVICE_TOKEN,
+                )?)),
+            };
         let acquirer_url = get("PAYSTREAM_ACQUIRER_URL", "http://127.0.0.1:8090");
         if !acquirer_url.starts_with("http://") && !acquirer_url.starts_with("https://") {
             return Err(ConfigError {
@@ -285,7 +313,9 @@ impl Config {
             database_url: Secret::new(database_url),
             nats_url,
             api_addr: addr("PAYSTREAM_API_ADDR", "127.0.0.1:8080")?,
-            vault_addr: addr("PAYSTREAM_VAULT_ADDR", "127.0.0.1:8081")?,
+            vault_addr,
+            vault_url: vault_url.trim_end_matches('/').to_owned(),
+            vault_service_token,
             acquirer_url,
             bootstrap_api_key: lookup("PAYSTREAM_BOOTSTRAP_API_KEY")
                 .filter(|v| !v.is_empty())
@@ -412,6 +442,18 @@ mod tests {
             c.acquirer_webhook_secret.expose(),
             DEVELOPMENT_ACQUIRER_WEBHOOK_SECRET
         );
+        // The vault credential: optional outside development, never the public value.
+        assert!(c.vault_service_token.is_some());
+        let err = production(&[
+            ("PAYSTREAM_WEBHOOK_SECRET_KEY", OWN_KEY),
+            ("PAYSTREAM_ACQUIRER_WEBHOOK_SECRET", "acq_own"),
+            (
+                "PAYSTREAM_VAULT_SERVICE_TOKEN",
+                DEVELOPMENT_VAULT_SERVICE_TOKEN,
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "PAYSTREAM_VAULT_SERVICE_TOKEN");
         // A misspelt environment is refused rather than guessed.
         let err = production(&[("PAYSTREAM_ENV", "dev")]).unwrap_err();
         assert_eq!(err.var, "PAYSTREAM_ENV");
@@ -424,6 +466,11 @@ mod tests {
         assert_eq!(c.nats_url, DEFAULT_NATS_URL);
         assert_eq!(c.api_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.vault_addr.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.vault_url, "http://127.0.0.1:8081");
+        let c = cfg(&[("PAYSTREAM_VAULT_ADDR", "127.0.0.1:9999")]).unwrap();
+        assert_eq!(c.vault_url, "http://127.0.0.1:9999");
+        let c = cfg(&[("PAYSTREAM_VAULT_URL", "https://vault.internal/")]).unwrap();
+        assert_eq!(c.vault_url, "https://vault.internal");
         assert_eq!(c.acquirer_url, "http://127.0.0.1:8090");
         assert!(c.bootstrap_api_key.is_none());
         assert_eq!(c.retry_base, Duration::from_millis(1000));

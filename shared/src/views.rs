@@ -179,6 +179,90 @@ pub struct RefundView {
     pub processed_at: Option<DateTime<Utc>>,
 }
 
+/// The kind of a stored payment method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(Enum))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentMethodType {
+    Card,
+    BankAccount,
+}
+
+impl PaymentMethodType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentMethodType::Card => "card",
+            PaymentMethodType::BankAccount => "bank_account",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "card" => Some(PaymentMethodType::Card),
+            "bank_account" => Some(PaymentMethodType::BankAccount),
+            _ => None,
+        }
+    }
+}
+
+/// A card's display fields, as the vault returned them; never the number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
+#[serde(rename_all = "camelCase")]
+pub struct CardView {
+    /// `visa`, `mastercard`, `amex`, `discover`, ... or `unknown`.
+    pub brand: String,
+    pub last4: String,
+    pub exp_month: i64,
+    pub exp_year: i64,
+    /// The same card gives the same fingerprint for one merchant.
+    pub fingerprint: String,
+    /// `credit`, `debit`, `prepaid` or `unknown`.
+    pub funding: String,
+}
+
+/// A bank account's display fields; never the account number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
+#[serde(rename_all = "camelCase")]
+pub struct BankAccountView {
+    #[cfg_attr(feature = "openapi", oai(nullable))]
+    pub bank_name: Option<String>,
+    pub last4: String,
+    pub routing_number: String,
+    pub country: String,
+    /// `individual` or `company`.
+    pub account_holder_type: String,
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentMethodView {
+    pub id: String,
+    #[serde(rename = "type")]
+    #[cfg_attr(feature = "openapi", oai(rename = "type"))]
+    pub method_type: PaymentMethodType,
+    /// `null` once detached.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
+    pub customer_id: Option<String>,
+    /// Set when `type` is `card`.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
+    pub card: Option<CardView>,
+    /// Set when `type` is `bank_account`.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
+    pub bank_account: Option<BankAccountView>,
+    pub created_at: DateTime<Utc>,
+    /// When the method was detached; a detached method cannot be used to confirm.
+    #[cfg_attr(feature = "openapi", oai(nullable))]
+    pub detached_at: Option<DateTime<Utc>>,
+}
+
 /// What clients see of a payment intent. A trait rather than a method of the domain type: the
 /// views carry the API's schema derives, which the domain crate must not know about.
 pub trait IntentView {

@@ -60,6 +60,10 @@ pub struct TestApp {
     pub js: async_nats::jetstream::Context,
     pub topology: paystream_nats::topology::Topology,
     pub db: TestDb,
+    /// Where the API calls the vault (`config.vault_url`). Its listener is bound at spawn so
+    /// the API knows the address; the vault itself runs once [`TestApp::start_vault`] is called.
+    pub vault_url: String,
+    vault_listener: std::sync::Mutex<Option<TcpListener>>,
 }
 
 /// The configuration a test process would read, pointed at this test's database and prefix.
@@ -126,7 +130,10 @@ async fn spawn_app_configured(nats: &str, configure: impl FnOnce(&mut Config)) -
         shutdown.clone(),
     ));
 
+    let vault_listener = TcpListener::bind("127.0.0.1:0").expect("bind vault");
+    let vault_url = format!("http://{}", vault_listener.local_addr().expect("addr"));
     let mut config = test_config(&db.url, &prefix, nats, &sim_url);
+    config.vault_url = vault_url.clone();
     configure(&mut config);
     let config = Arc::new(config);
     let (client, js) = paystream_nats::topology::connect(nats)
@@ -175,6 +182,8 @@ async fn spawn_app_configured(nats: &str, configure: impl FnOnce(&mut Config)) -
         js,
         topology,
         db,
+        vault_url,
+        vault_listener: std::sync::Mutex::new(Some(vault_listener)),
     }
 }
 
@@ -207,6 +216,71 @@ impl Reply {
 }
 
 impl TestApp {
+    /// Starts the vault in this process, on the listener bound at spawn, with this test's
+    /// database (schema `vault`), the simulator, and the development KEK and service
+    /// credential (the API presents the same). Returns its URL. Once only.
+    pub async fn start_vault(&self) -> String {
+        let listener = self
+            .vault_listener
+            .lock()
+            .expect("vault listener")
+            .take()
+            .expect("the vault is started once");
+        let (db_url, sim_url) = (self.db.url.clone(), self.sim_url.clone());
+        let config = paystream_vault::config::VaultConfig::from_lookup(move |k| match k {
+            "DATABASE_URL" => Some(db_url.clone()),
+            "PAYSTREAM_ACQUIRER_URL" => Some(sim_url.clone()),
+            "PAYSTREAM_ENV" => Some("development".to_owned()),
+            "PAYSTREAM_DB_POOL_SIZE" => Some("4".to_owned()),
+            _ => None,
+        })
+        .expect("vault configuration");
+        tokio::spawn(paystream_vault::run(
+            listener,
+            config,
+            self.shutdown.child_token(),
+        ));
+        let health = format!("{}/readyz", self.vault_url);
+        eventually(Duration::from_secs(30), "the vault to be ready", || async {
+            self.http
+                .get(&health)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+                .then_some(())
+        })
+        .await;
+        self.vault_url.clone()
+    }
+
+    /// A publishable (`pk_`) key of this app's merchant, for the vault's tokens.
+    pub async fn publishable_key(&self) -> String {
+        let mut conn = self.pool.acquire().await.expect("connection");
+        let name: String = sqlx::query_scalar("SELECT name FROM merchants WHERE id = $1")
+            .bind(&self.merchant_id)
+            .fetch_one(&mut *conn)
+            .await
+            .expect("merchant name");
+        merchants::create_key(&mut conn, &name, Role::Publishable, None)
+            .await
+            .expect("publishable key")
+            .secret
+            .expose()
+            .clone()
+    }
+
+    /// Tokenizes `instrument` (`{"card": {...}}` or `{"bankAccount": {...}}`) at the vault
+    /// with `key`; the vault's answer.
+    pub async fn tokenize(&self, key: &str, instrument: Value) -> Reply {
+        self.raw(
+            self.http
+                .post(format!("{}/vault/tokens", self.vault_url))
+                .bearer_auth(key)
+                .json(&instrument),
+        )
+        .await
+    }
+
     pub async fn request(
         &self,
         method: Method,

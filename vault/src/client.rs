@@ -119,17 +119,21 @@ impl VaultClient {
     }
 
     /// Consumes a token of `merchant_id`: `Ok(Ok(record))` with `vaultRef` and display fields,
-    /// `Ok(Err((status, error body)))` when the vault refused (e.g. 400 `token_invalid`).
+    /// `Ok(Err((status, error body)))` when the vault refused (e.g. 400 `token_invalid`, or 400
+    /// `parameter_invalid` param `type` when `expected_type` is given and the token is of
+    /// another kind; such a token stays unused).
     pub async fn consume(
         &self,
         token: &str,
         merchant_id: &str,
+        expected_type: Option<&str>,
     ) -> Result<Result<Value, (u16, Value)>, ClientError> {
+        let mut body = json!({"merchantId": merchant_id});
+        if let Some(t) = expected_type {
+            body["type"] = json!(t);
+        }
         let (status, body) = self
-            .post(
-                &format!("/vault/internal/tokens/{token}/consume"),
-                &json!({"merchantId": merchant_id}),
-            )
+            .post(&format!("/vault/internal/tokens/{token}/consume"), &body)
             .await?;
         Ok(if status == 200 {
             Ok(body)

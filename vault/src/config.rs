@@ -15,7 +15,8 @@ use crate::crypto::Kek;
 /// in development mode (`PAYSTREAM_ENV=development`, which `paystream up` sets).
 pub const DEVELOPMENT_KEK: &str = "cGF5c3RyZWFtIHZhdWx0IGRldmVsb3BtZW50IGtlayE=";
 /// The service credential's development value, accepted only in development mode.
-pub const DEVELOPMENT_SERVICE_TOKEN: &str = "vault_svc_local_development_only";
+pub const DEVELOPMENT_SERVICE_TOKEN: &str =
+    paystream_shared::config::DEVELOPMENT_VAULT_SERVICE_TOKEN;
 
 #[derive(Clone)]
 pub struct VaultConfig {

@@ -1,5 +1,6 @@
 //! `/vault/internal/...`: what paystream's own processes call with the service credential.
-//! - consume a token into a stored record (the payment-methods API),
+//! - consume a token into a stored record (the payment-methods API), refusing unspent a token
+//!   of another kind than the caller expects,
 //! - forward a request to the acquirer with the number put in (the confirm worker),
 //! - re-wrap data keys under the current KEK (`paystream vault rotate-kek`).
 
@@ -31,6 +32,9 @@ fn respond(result: Result<Response, VaultError>) -> Response {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ConsumeRequest {
     merchant_id: String,
+    /// The kind the caller expects; a live token of another kind is refused unspent.
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
 
 #[handler]
@@ -52,6 +56,17 @@ async fn consume_inner(
     http::service(state, headers)?;
     let req: ConsumeRequest = http::parse_json(&http::read_body(body).await?)?;
     let mut tx = state.pool.begin().await?;
+    if let Some(expected) = &req.kind {
+        if let Some(actual) = tokens::live_kind(&mut tx, token, &req.merchant_id).await? {
+            if &actual != expected {
+                return Err(VaultError::invalid(
+                    "parameter_invalid",
+                    format!("The token is a `{actual}`, not a `{expected}`; it was not used"),
+                )
+                .with_param("type"));
+            }
+        }
+    }
     let Some(record_id) = tokens::consume(&mut tx, token, &req.merchant_id).await? else {
         return Err(VaultError::token_invalid());
     };

@@ -1,6 +1,7 @@
 pub mod audit;
 pub mod ops;
 pub mod payment_intents;
+pub mod payment_methods;
 pub mod provider;
 pub mod refunds;
 pub mod webhooks;
@@ -10,6 +11,8 @@ pub mod webhooks;
 pub enum ApiTags {
     /// Create, confirm, capture and cancel payments.
     PaymentIntents,
+    /// Customers' cards and bank accounts, stored from vault tokens (display fields only).
+    PaymentMethods,
     /// Give back captured money.
     Refunds,
     /// Subscribe endpoints to events and follow their deliveries.

@@ -19,7 +19,9 @@ use paystream_shared::domain::payment_intent::{
 };
 use paystream_shared::outbox;
 use paystream_shared::store::payment_intents::{self as store, ListFilter};
-use paystream_shared::views::{CaptureMethodView, IntentView, PaymentIntentView};
+use paystream_shared::views::{
+    CaptureMethodView, IntentView, PaymentIntentView, PaymentMethodType,
+};
 
 use crate::auth::{AuthContext, MerchantKey};
 use crate::error::ApiError;
@@ -190,24 +192,69 @@ fn parse_return_url(value: Option<String>) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// Test payment methods always exist; others are `pm_` ids of this merchant (from the vault,
-/// once it lands). Anything else is a 400 naming the field.
+fn no_such_method(pm: &str) -> ApiError {
+    let shown: String = paystream_shared::telemetry::scrub(pm)
+        .chars()
+        .take(64)
+        .collect();
+    ApiError::invalid(
+        "resource_missing",
+        format!("No such PaymentMethod: '{shown}'"),
+    )
+    .with_param("paymentMethodId")
+}
+
+/// Test payment methods always exist; others must at least look like a `pm_` id (checked
+/// against the store by [`resolve_payment_method`]). Anything else is a 400 naming the field.
 fn parse_payment_method(raw: Option<String>) -> Result<Option<String>, ApiError> {
     match raw {
         None => Ok(None),
         Some(pm) if is_test_payment_method(&pm) => Ok(Some(pm)),
-        Some(pm) => {
-            let shown: String = paystream_shared::telemetry::scrub(&pm)
-                .chars()
-                .take(64)
-                .collect();
-            Err(ApiError::invalid(
-                "resource_missing",
-                format!("No such PaymentMethod: '{shown}'"),
-            )
-            .with_param("paymentMethodId"))
-        }
+        Some(pm) if IdKind::PaymentMethod.parse(&pm, "paymentMethodId").is_ok() => Ok(Some(pm)),
+        Some(pm) => Err(no_such_method(&pm)),
     }
+}
+
+/// A `paymentMethodId` an intent may use: a test method, or a stored, attached method of the
+/// merchant. The one place confirm and create-with-confirm decide that.
+struct UsableMethod {
+    id: String,
+    bank_account: bool,
+}
+
+async fn resolve_payment_method(
+    db: &sqlx::PgPool,
+    auth: &AuthContext,
+    pm: String,
+) -> Result<UsableMethod, ApiError> {
+    if is_test_payment_method(&pm) {
+        return Ok(UsableMethod {
+            bank_account: pm == "pm_bank_account",
+            id: pm,
+        });
+    }
+    let stored = paystream_shared::store::payment_methods::get(db, &auth.merchant_id, &pm)
+        .await?
+        .ok_or_else(|| no_such_method(&pm))?;
+    if stored.detached_at.is_some() {
+        return Err(super::payment_methods::detached_error("paymentMethodId"));
+    }
+    Ok(UsableMethod {
+        bank_account: stored.method_type == PaymentMethodType::BankAccount,
+        id: pm,
+    })
+}
+
+/// Bank account debits settle later and cannot be held for a later capture.
+fn check_capture_method(pm: &UsableMethod, capture: CaptureMethod) -> Result<(), ApiError> {
+    if pm.bank_account && capture == CaptureMethod::Manual {
+        return Err(ApiError::invalid(
+            "parameter_invalid",
+            "A bank account cannot use `captureMethod: manual`",
+        )
+        .with_param("captureMethod"));
+    }
+    Ok(())
 }
 
 fn require_return_url_for(pm: &str, return_url: &Option<String>) -> Result<(), ApiError> {
@@ -342,7 +389,14 @@ impl PaymentIntentsApi {
         validate_metadata(&metadata)?;
         let description = bounded_text(b.description, "description", MAX_TEXT)?;
         let return_url = parse_return_url(b.return_url)?;
-        let payment_method_id = parse_payment_method(b.payment_method_id)?;
+        let payment_method_id = match parse_payment_method(b.payment_method_id)? {
+            Some(pm) => {
+                let usable = resolve_payment_method(&state.pool, &auth, pm).await?;
+                check_capture_method(&usable, capture_method)?;
+                Some(usable.id)
+            }
+            None => None,
+        };
         let confirm = b.confirm.unwrap_or(false);
         if confirm {
             let Some(pm) = &payment_method_id else {
@@ -505,6 +559,10 @@ impl PaymentIntentsApi {
             .with_param("paymentMethodId")
             .into());
         };
+        // Checked again even when the intent already names it: it may have been detached since.
+        let usable = resolve_payment_method(&state.pool, &auth, pm).await?;
+        check_capture_method(&usable, intent.capture_method)?;
+        let pm = usable.id;
         require_return_url_for(
             &pm,
             &return_url.clone().or_else(|| intent.return_url.clone()),

@@ -10,6 +10,7 @@ pub mod intent_deadlines;
 pub mod merchants;
 pub mod outbox;
 pub mod payment_intents;
+pub mod payment_methods;
 pub mod provider_events;
 pub mod refunds;
 pub mod webhooks;

@@ -11,6 +11,7 @@ mod idempotency_fencing;
 mod intents;
 mod money_paths;
 mod ops;
+mod payment_methods;
 mod pipeline;
 mod provider;
 mod reconcile;

@@ -49,6 +49,37 @@ pub async fn consume(
     .await
 }
 
+/// The kind (`card`, `bank_account`) of a token `consume` would accept now, without using it:
+/// a caller that expects one kind learns of a mismatch before the token is spent. A token's
+/// kind never changes, so checking first and consuming after decides the same.
+pub async fn live_kind(
+    conn: &mut PgConnection,
+    id: &str,
+    merchant_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT kind FROM vault.tokens
+         WHERE id = $1 AND merchant_id = $2 AND used_at IS NULL AND expires_at > now()",
+    )
+    .bind(id)
+    .bind(merchant_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Makes a token expire now, for other crates' tests of what an expired token gets (the
+/// lifetime itself is fixed at 15 minutes).
+#[cfg(feature = "testing")]
+pub async fn expire_now(pool: &sqlx::PgPool, id: &str) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE vault.tokens SET expires_at = now() - interval '1 second' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Forgets tokens that expired unused, with their records and data keys: a card nobody
 /// stored is not kept. One statement (the foreign keys are checked at its end), so a token
 /// consumed meanwhile (`used_at` set) is never touched, and neither is a stored record.

@@ -280,10 +280,23 @@ async fn the_client_paystream_uses_consumes_and_forwards() {
     .unwrap();
     let tok = h.card_token("5555555555554444").await;
     let id = tok["id"].as_str().unwrap();
-    let stored = client.consume(id, &h.merchant_id).await.unwrap().unwrap();
+    // A caller expecting another kind is refused, and the token stays usable.
+    let (status, refused) = client
+        .consume(id, &h.merchant_id, Some("bank_account"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status, 400);
+    assert_eq!(refused["error"]["code"], "parameter_invalid");
+    assert_eq!(refused["error"]["param"], "type");
+    let stored = client
+        .consume(id, &h.merchant_id, Some("card"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored["card"]["last4"], "4444");
     let (status, refused) = client
-        .consume(id, &h.merchant_id)
+        .consume(id, &h.merchant_id, None)
         .await
         .unwrap()
         .unwrap_err();
