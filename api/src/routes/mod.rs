@@ -3,6 +3,7 @@ pub mod ops;
 pub mod payment_intents;
 pub mod provider;
 pub mod refunds;
+pub mod three_ds;
 pub mod webhooks;
 
 /// The groups the API document shows its operations in.

@@ -4,7 +4,8 @@
 //!
 //! The browser holds no API key, so the token authenticates itself: it is
 //! `base64url(payload) "." base64url(HMAC-SHA256(key, base64url(payload)))`, both parts
-//! unpadded, where `payload` is JSON `{"ref", "charge", "outcome", "amount", "iat", "exp"}`.
+//! unpadded, where `payload` is JSON `{"ref", "charge", "outcome", "amount", "iat", "exp"}`
+//! (times in unix milliseconds).
 //! The key is derived from the acquirer's notification secret
 //! (`HMAC-SHA256(secret, "paystream 3ds result token v1")`), so a notification signature can
 //! never pass for a token or the other way round. A token is bound to one payment intent
@@ -62,9 +63,10 @@ pub struct ResultToken {
     pub outcome: ChallengeOutcome,
     /// The charge's amount in minor units.
     pub amount: i64,
-    /// When the challenge ended (unix seconds).
+    /// When the challenge ended (unix milliseconds: the ordering rule compares it with the
+    /// intent's last change, which a whole second could wrongly precede).
     pub iat: i64,
-    /// When the token stops being accepted (unix seconds).
+    /// When the token stops being accepted (unix milliseconds).
     pub exp: i64,
 }
 
@@ -110,8 +112,8 @@ impl ResultToken {
             charge: charge.to_owned(),
             outcome,
             amount: amount.minor_units(),
-            iat: now.timestamp(),
-            exp: now.timestamp() + TOKEN_TTL_SECS,
+            iat: now.timestamp_millis(),
+            exp: now.timestamp_millis() + TOKEN_TTL_SECS * 1000,
         }
     }
 
@@ -147,7 +149,7 @@ impl ResultToken {
             .decode(payload)
             .map_err(|_| TokenError::Malformed)?;
         let parsed: Self = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
-        if now.timestamp() >= parsed.exp {
+        if now.timestamp_millis() >= parsed.exp {
             return Err(TokenError::Expired);
         }
         if parsed.reference != intent_id {
@@ -178,7 +180,7 @@ impl ResultToken {
     }
 
     pub fn issued_at(&self) -> DateTime<Utc> {
-        DateTime::from_timestamp(self.iat, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+        DateTime::from_timestamp_millis(self.iat).unwrap_or(DateTime::<Utc>::MIN_UTC)
     }
 }
 
@@ -215,7 +217,7 @@ mod tests {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'));
         let back = ResultToken::verify(SECRET, Some(&text), "pi_1", t0()).unwrap();
         assert_eq!(back, t);
-        assert_eq!(back.exp - back.iat, TOKEN_TTL_SECS);
+        assert_eq!(back.exp - back.iat, TOKEN_TTL_SECS * 1000);
         assert_eq!(back.issued_at(), t0());
     }
 
@@ -277,6 +279,21 @@ mod tests {
             ResultToken::verify(SECRET, Some(&format!("{payload}.{tag}")), "pi_1", t0()),
             Err(TokenError::Malformed)
         );
+    }
+
+    #[test]
+    fn the_issue_time_keeps_milliseconds() {
+        // The ordering rule compares it with the intent's last change; rounding it down to the
+        // second would make a fresh outcome look older than the challenge it ends.
+        let at = t0() + chrono::TimeDelta::milliseconds(750);
+        let t = ResultToken::new(
+            "pi_1",
+            "ch_1",
+            ChallengeOutcome::Authorized,
+            Amount::ZERO,
+            at,
+        );
+        assert_eq!(t.issued_at(), at);
     }
 
     #[test]
