@@ -334,3 +334,41 @@ async fn three_ds_with_manual_capture_holds_the_authorization() {
     assert!(pi["authorizationExpiresAt"].is_string());
     assert_eq!(app.sim_charges(&id).await[0]["status"], "authorized");
 }
+
+#[tokio::test]
+async fn three_ds_callback_is_documented_without_a_key() {
+    let app = spawn_app().await;
+    let spec = app
+        .request(reqwest::Method::GET, "/openapi.json", None, None, None)
+        .await;
+    assert_eq!(spec.status, StatusCode::OK);
+    let op = &spec.body["paths"]["/payment-intents/{id}/3ds/callback"]["get"];
+    assert!(op.is_object(), "{}", spec.text);
+    let responses = &op["responses"];
+    let location = responses["303"]["headers"]
+        .as_object()
+        .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case("location")));
+    assert!(location.is_some(), "{op}");
+    assert!(
+        responses["400"]["content"]["text/html; charset=utf-8"].is_object(),
+        "{op}"
+    );
+    assert!(
+        op["security"].as_array().is_none_or(|s| s.is_empty()),
+        "the browser carries no key: {op}"
+    );
+    let params: Vec<&str> = op["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(params, ["id", "result"]);
+    // No key is asked for at the callback either.
+    let (status, _, _) = follow(&format!(
+        "{}/api/payment-intents/pi_nope/3ds/callback",
+        app.address
+    ))
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
