@@ -39,7 +39,10 @@ pub fn app(sim: Arc<Sim>) -> impl Endpoint {
     Route::new()
         .nest("/v1", v1)
         .at("/sim/charges", get(sim_charges))
-        .at("/sim/3ds/:id", post(crate::challenge::complete))
+        .at(
+            "/sim/3ds/:id",
+            get(crate::challenge::page).post(crate::challenge::complete),
+        )
         .at("/sim/faults", get(get_faults).post(set_faults))
         .at("/sim/reset", post(reset))
         .at("/healthz", get(healthz))

@@ -136,6 +136,7 @@ impl Sim {
             return_url: req.return_url,
             capture: req.capture,
             disputes_later: false,
+            challenge_result: None,
             created_at: Utc::now(),
         };
         let status = match verdict {

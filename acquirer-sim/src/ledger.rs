@@ -54,6 +54,9 @@ pub struct Charge {
     pub capture: bool,
     /// The cardholder will dispute this charge; read by the chargeback notifications.
     pub disputes_later: bool,
+    /// How the 3-D Secure challenge ended, once it has: a second submission of the challenge
+    /// answers with this same token.
+    pub challenge_result: Option<paystream_domain::three_ds::ResultToken>,
     pub created_at: DateTime<Utc>,
 }
 

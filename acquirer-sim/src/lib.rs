@@ -34,8 +34,9 @@
 //! - 4000000000000002: 402 `card_declined` / `generic_decline`.
 //! - 4000000000009995: 402 `card_declined` / `insufficient_funds`.
 //! - 4000002760003184: 200 `requires_action` with `redirectUrl` = `{public url}/sim/3ds/{id}`.
-//!   `POST` to that URL with the form field `result=succeeded` or `result=failed` completes the
-//!   challenge as the cardholder would (see `challenge.rs`); the page itself is not served yet.
+//!   `GET` that URL is the challenge page (HTML, two buttons); `POST` to it with the form field
+//!   `result=succeeded` or `result=failed` completes the challenge as the cardholder would and
+//!   answers 303 to paystream's callback with the signed result token (see `challenge.rs`).
 //! - 4000000000000119: 500 `processing_error`, every time; no charge is recorded.
 //! - any other well-formed number: 402 `card_declined` / `generic_decline`, so test mode never
 //!   seems to accept a real card. An expired card: 402 `expired_card`.
@@ -146,8 +147,15 @@ pub struct SimConfig {
     /// Where notifications are POSTed (paystream's `/api/provider/webhooks`). `None`: the
     /// simulator sends none.
     pub notify_url: Option<String>,
-    /// The secret notifications are signed with.
+    /// The secret notifications are signed with; the 3-D Secure result token is signed with
+    /// a key derived from it.
     pub notify_secret: Secret<String>,
+    /// paystream's API as the cardholder's browser reaches it (`http://host:port`), where a
+    /// finished 3-D Secure challenge sends the browser
+    /// (`{callback_url}/api/payment-intents/{reference}/3ds/callback?result=<token>`).
+    /// `None`: the origin of [`Self::notify_url`] when that ends in `/api/provider/webhooks`;
+    /// without either, the browser goes straight to the payment's `returnUrl`.
+    pub callback_url: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -158,6 +166,7 @@ impl Default for SimConfig {
             seed: None,
             notify_url: None,
             notify_secret: Secret::new(DEFAULT_NOTIFY_SECRET.to_owned()),
+            callback_url: None,
         }
     }
 }
@@ -181,7 +190,8 @@ pub enum SimError {
 impl SimConfig {
     /// Reads `ACQUIRER_SIM_HANG_MS`, `ACQUIRER_SIM_SEED`, the public URL
     /// (`ACQUIRER_SIM_PUBLIC_URL`, else `PAYSTREAM_ACQUIRER_URL`), the notification URL
-    /// (`ACQUIRER_SIM_NOTIFY_URL`) and its secret (`PAYSTREAM_ACQUIRER_WEBHOOK_SECRET`, the
+    /// (`ACQUIRER_SIM_NOTIFY_URL`), paystream's API for the 3-D Secure callback
+    /// (`ACQUIRER_SIM_CALLBACK_URL`) and the notification secret (`PAYSTREAM_ACQUIRER_WEBHOOK_SECRET`, the
     /// variable paystream verifies with) through `lookup`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SimError> {
         let get = |var: &str| lookup(var).filter(|v| !v.is_empty());
@@ -217,6 +227,19 @@ impl SimConfig {
             },
             notify_secret: get("PAYSTREAM_ACQUIRER_WEBHOOK_SECRET")
                 .map_or(defaults.notify_secret, Secret::new),
+            callback_url: match get("ACQUIRER_SIM_CALLBACK_URL") {
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                    Some(url.trim_end_matches('/').to_owned())
+                }
+                Some(url) => {
+                    return Err(SimError::Config {
+                        var: "ACQUIRER_SIM_CALLBACK_URL",
+                        value: url,
+                        reason: "must be an http(s) URL",
+                    })
+                }
+                None => None,
+            },
         })
     }
 }
@@ -304,6 +327,17 @@ impl Sim {
             metrics: Metrics::default(),
             notifications: notify::Queue::new(),
             shutdown,
+        })
+    }
+
+    /// paystream's API base for the 3-D Secure callback (see [`SimConfig::callback_url`]).
+    fn callback_base(&self) -> Option<String> {
+        self.config.callback_url.clone().or_else(|| {
+            self.config
+                .notify_url
+                .as_deref()
+                .and_then(|url| url.strip_suffix("/api/provider/webhooks"))
+                .map(str::to_owned)
         })
     }
 

@@ -1125,3 +1125,121 @@ async fn stored_cards_without_cvc_and_bank_accounts_are_charged_by_number() {
     assert_eq!(a.status, 400, "{}", a.body);
     assert_eq!(a.body["error"]["code"], "account_number_invalid");
 }
+
+#[tokio::test]
+async fn the_challenge_page_serves_two_forms_and_redirects_to_the_signed_callback() {
+    let h = harness_with(SimConfig {
+        public_url: Some("http://sim.test".into()),
+        callback_url: Some("http://paystream.test".into()),
+        ..SimConfig::default()
+    });
+    let a = h
+        .post(
+            "/v1/payments",
+            Some("k3ds"),
+            &json!({"reference": "pi_3ds", "amount": 1099, "currency": "usd",
+                    "paymentMethod": "pm_card_threeDSecureRequired", "capture": false,
+                    "returnUrl": "https://shop.test/done"}),
+        )
+        .await;
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/sim/3ds/{id}");
+
+    let page = h.cli.get(&path).send().await;
+    page.assert_status_is_ok();
+    page.assert_content_type("text/html; charset=utf-8");
+    let text = page.0.into_body().into_string().await.unwrap();
+    assert!(
+        text.contains("10.99 USD") && text.contains("pi_3ds"),
+        "{text}"
+    );
+    assert!(text.contains("Complete authentication") && text.contains("Fail authentication"));
+    assert_eq!(
+        text.matches(&format!("method=\"post\" action=\"{path}\""))
+            .count(),
+        2
+    );
+    assert!(text.contains("value=\"succeeded\"") && text.contains("value=\"failed\""));
+    assert!(
+        !text.contains("<script") && !text.contains("http"),
+        "{text}"
+    );
+
+    let submit = |result: &'static str| {
+        h.cli
+            .post(&path)
+            .content_type("application/x-www-form-urlencoded")
+            .body(format!("result={result}"))
+            .send()
+    };
+    let first = submit("succeeded").await;
+    first.assert_status(poem::http::StatusCode::SEE_OTHER);
+    let location = first.0.header("location").unwrap().to_owned();
+    let prefix = "http://paystream.test/api/payment-intents/pi_3ds/3ds/callback?result=";
+    let token = location.strip_prefix(prefix).expect(&location);
+    let secret = crate::DEFAULT_NOTIFY_SECRET.as_bytes();
+    let verified = paystream_domain::three_ds::ResultToken::verify(
+        secret,
+        Some(token),
+        "pi_3ds",
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    assert_eq!(verified.charge, id);
+    assert_eq!(
+        verified.outcome,
+        paystream_domain::three_ds::ChallengeOutcome::Authorized
+    );
+    assert_eq!(h.sim_charges("pi_3ds").await[0]["status"], "authorized");
+
+    // A second answer, even the other one, changes nothing and answers the same.
+    let again = submit("failed").await;
+    again.assert_status(poem::http::StatusCode::SEE_OTHER);
+    assert_eq!(again.0.header("location"), Some(location.as_str()));
+    assert_eq!(h.sim_charges("pi_3ds").await[0]["status"], "authorized");
+
+    let missing = h.cli.get("/sim/3ds/ch_nope").send().await;
+    missing.assert_status(poem::http::StatusCode::NOT_FOUND);
+    missing.assert_content_type("text/html; charset=utf-8");
+    let bad = h
+        .cli
+        .post(&path)
+        .content_type("application/x-www-form-urlencoded")
+        .body("result=maybe")
+        .send()
+        .await;
+    bad.assert_status(poem::http::StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn the_callback_url_comes_from_its_setting_or_the_notification_url() {
+    let lookup = |pairs: &'static [(&'static str, &'static str)]| {
+        move |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    };
+    let c = SimConfig::from_lookup(lookup(&[(
+        "ACQUIRER_SIM_NOTIFY_URL",
+        "http://127.0.0.1:8080/api/provider/webhooks",
+    )]))
+    .unwrap();
+    let sim = Sim::new(c, CancellationToken::new());
+    assert_eq!(
+        sim.callback_base().as_deref(),
+        Some("http://127.0.0.1:8080")
+    );
+    let c = SimConfig::from_lookup(lookup(&[
+        (
+            "ACQUIRER_SIM_NOTIFY_URL",
+            "http://internal:8080/api/provider/webhooks",
+        ),
+        ("ACQUIRER_SIM_CALLBACK_URL", "https://pay.example/"),
+    ]))
+    .unwrap();
+    let sim = Sim::new(c, CancellationToken::new());
+    assert_eq!(sim.callback_base().as_deref(), Some("https://pay.example"));
+    assert!(SimConfig::from_lookup(lookup(&[("ACQUIRER_SIM_CALLBACK_URL", "ftp://x")])).is_err());
+}

@@ -43,6 +43,7 @@ pub struct AppState {
 pub type Apis = (
     routes::payment_intents::PaymentIntentsApi,
     routes::payment_methods::PaymentMethodsApi,
+    routes::three_ds::ThreeDsApi,
     routes::refunds::RefundsApi,
     routes::webhooks::WebhooksApi,
     routes::webhooks::EventsApi,
@@ -54,6 +55,7 @@ fn apis() -> Apis {
     (
         routes::payment_intents::PaymentIntentsApi,
         routes::payment_methods::PaymentMethodsApi,
+        routes::three_ds::ThreeDsApi,
         routes::refunds::RefundsApi,
         routes::webhooks::WebhooksApi,
         routes::webhooks::EventsApi,
@@ -89,10 +91,21 @@ pub fn app(state: AppState) -> impl Endpoint {
         "paystream",
         env!("CARGO_PKG_VERSION"),
     );
+    // The 3-D Secure callback likewise: the cardholder's browser has no key, the acquirer's
+    // signed token authenticates it.
+    let three_ds = OpenApiService::new(
+        routes::three_ds::ThreeDsApi,
+        "paystream",
+        env!("CARGO_PKG_VERSION"),
+    );
     Route::new()
         .at(
             "/api/provider/webhooks",
             Route::new().nest("/api", provider),
+        )
+        .at(
+            "/api/payment-intents/:id/3ds/callback",
+            Route::new().nest("/api", three_ds),
         )
         .nest(
             "/api",

@@ -430,6 +430,8 @@ async fn start(config: &Config, args: &UpArgs, sup: &mut Supervisor) -> anyhow::
                 "ACQUIRER_SIM_NOTIFY_URL",
                 format!("{}/api/provider/webhooks", http_url(config.api_addr)),
             )
+            // A finished 3-D Secure challenge sends the browser back to the API's callback.
+            .env("ACQUIRER_SIM_CALLBACK_URL", http_url(config.api_addr))
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()

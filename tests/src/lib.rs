@@ -122,6 +122,9 @@ async fn spawn_app_configured(nats: &str, configure: impl FnOnce(&mut Config)) -
     let sim_config = acquirer_sim::SimConfig {
         timeout_hang: Duration::from_secs(5),
         notify_url: Some(format!("{address}/api/provider/webhooks")),
+        callback_url: Some(address.clone()),
+        // The challenge URLs it hands out must reach this simulator, not the default port.
+        public_url: Some(sim_url.clone()),
         ..Default::default()
     };
     tokio::spawn(acquirer_sim::run(

@@ -24,17 +24,18 @@ use paystream_shared::audit::{self, Actor, NewEntry};
 use paystream_shared::commands::{PaymentCommand, ProviderEventCommand};
 use paystream_shared::domain::ids::IdKind;
 use paystream_shared::domain::money::{Amount, Currency};
-use paystream_shared::domain::outcome::{event_type_for, ChargeOutcome};
+use paystream_shared::domain::outcome::ChargeOutcome;
 use paystream_shared::domain::payment_intent::{PaymentError, PaymentIntent, PaymentIntentStatus};
 use paystream_shared::domain::provider_event::{
-    payment_verdict, refund_verdict, ProcessingOutcome, ProviderEventType, Verdict,
+    refund_verdict, ProcessingOutcome, ProviderEventType, Verdict,
 };
 use paystream_shared::domain::refund::RefundStatus;
 use paystream_shared::outbox;
 use paystream_shared::retry::RetrySchedule;
+use paystream_shared::store::payment_intents::{self, OutcomeApplied};
 use paystream_shared::store::provider_events::{self, ProviderEvent};
 use paystream_shared::store::refunds::{self, Refund, Settlement};
-use paystream_shared::store::{payment_intents, StoreError};
+use paystream_shared::store::StoreError;
 
 /// The durable consumer's name.
 pub const WORKER: &str = "provider-events";
@@ -499,10 +500,13 @@ async fn apply_payment(
     .ok_or_else(|| unusable(format!("payment intent {} vanished", found.id)))?;
     check_payment_matches(&intent, notice)?;
     let outcome = notice.target.outcome(&notice.charge_id);
-    let target = outcome.status();
-    match payment_verdict(intent.status, intent.updated_at, target, event.created_at) {
-        Verdict::Unchanged => Ok(ProcessingOutcome::Unchanged),
-        Verdict::Ignore(reason) => {
+    let applied =
+        payment_intents::apply_acquirer_outcome(conn, intent, &outcome, event.created_at, &ACTOR)
+            .await?;
+    match applied {
+        OutcomeApplied::Applied(_) => Ok(ProcessingOutcome::Applied),
+        OutcomeApplied::Unchanged(_) => Ok(ProcessingOutcome::Unchanged),
+        OutcomeApplied::Ignored { intent, reason } => {
             if outcome.holds_money()
                 && matches!(
                     intent.status,
@@ -532,21 +536,6 @@ async fn apply_payment(
             )
             .await?;
             Ok(ProcessingOutcome::Ignored)
-        }
-        Verdict::Apply(path) => {
-            let mut current = intent;
-            for status in path {
-                current = payment_intents::transition(
-                    conn,
-                    &current,
-                    status,
-                    &ACTOR,
-                    Some(event_type_for(status)),
-                    |pi| outcome.apply(pi, status, paystream_shared::domain::now()),
-                )
-                .await?;
-            }
-            Ok(ProcessingOutcome::Applied)
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod payment_intents;
 pub mod payment_methods;
 pub mod provider;
 pub mod refunds;
+pub mod three_ds;
 pub mod webhooks;
 
 /// The groups the API document shows its operations in.

@@ -10,6 +10,7 @@ pub mod provider_event;
 pub mod refund;
 pub mod scrub;
 pub mod secret;
+pub mod three_ds;
 pub mod webhook;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};

@@ -11,9 +11,11 @@ use sqlx::{PgConnection, PgExecutor};
 use super::StoreError;
 use crate::audit::{self, Actor, NewEntry};
 use crate::domain::money::{Amount, Currency};
+use crate::domain::outcome::{event_type_for, ChargeOutcome};
 use crate::domain::payment_intent::{
     CaptureMethod, PaymentError, PaymentIntent, PaymentIntentStatus, RedirectAction,
 };
+use crate::domain::provider_event::{payment_verdict, Verdict};
 use crate::store::change::{self, Change};
 
 #[derive(sqlx::FromRow)]
@@ -267,6 +269,55 @@ pub async fn transition(
     change: impl FnOnce(&mut PaymentIntent),
 ) -> Result<PaymentIntent, StoreError> {
     transition_queueing(conn, current, to, actor, event_type, None, change).await
+}
+
+/// What the acquirer's word about a charge did to an intent ([`apply_acquirer_outcome`]).
+#[derive(Debug, Clone)]
+pub enum OutcomeApplied {
+    /// The intent moved; this is it now.
+    Applied(PaymentIntent),
+    /// The intent already showed the outcome (the other messenger got there first).
+    Unchanged(PaymentIntent),
+    /// Applying it would move the intent backwards or across a final status; nothing moved.
+    Ignored {
+        intent: PaymentIntent,
+        reason: String,
+    },
+}
+
+/// The one path by which the acquirer's word about a charge that arrives on its own (a signed
+/// notification, or the 3-D Secure result token the cardholder's browser carries) moves an
+/// intent: the ordering rule (`provider_event::payment_verdict`) decides, then each step goes
+/// through [`transition`] with the outcome's fields (`outcome::ChargeOutcome::apply`) and the
+/// merchant event for that status. `intent` must have been read with [`get_for_update`] in the
+/// caller's transaction, so two messengers of the same outcome queue on the row and the second
+/// finds it [`OutcomeApplied::Unchanged`]. `event_at` is when the acquirer decided.
+pub async fn apply_acquirer_outcome(
+    conn: &mut PgConnection,
+    intent: PaymentIntent,
+    outcome: &ChargeOutcome,
+    event_at: DateTime<Utc>,
+    actor: &Actor,
+) -> Result<OutcomeApplied, StoreError> {
+    match payment_verdict(intent.status, intent.updated_at, outcome.status(), event_at) {
+        Verdict::Unchanged => Ok(OutcomeApplied::Unchanged(intent)),
+        Verdict::Ignore(reason) => Ok(OutcomeApplied::Ignored { intent, reason }),
+        Verdict::Apply(path) => {
+            let mut current = intent;
+            for status in path {
+                current = transition(
+                    conn,
+                    &current,
+                    status,
+                    actor,
+                    Some(event_type_for(status)),
+                    |pi| outcome.apply(pi, status, crate::domain::now()),
+                )
+                .await?;
+            }
+            Ok(OutcomeApplied::Applied(current))
+        }
+    }
 }
 
 /// [`transition`] that also queues `message` (subject, payload), such as the command that
