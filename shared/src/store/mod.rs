@@ -9,6 +9,7 @@ pub mod idempotency_keys;
 pub mod intent_deadlines;
 pub mod merchants;
 pub mod outbox;
+mod pages;
 pub mod payment_intents;
 pub mod payment_methods;
 pub mod provider_events;

@@ -241,13 +241,7 @@ pub async fn exists<'e>(
     merchant_id: &str,
     id: &str,
 ) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM payment_methods WHERE id = $1 AND merchant_id = $2)",
-    )
-    .bind(id)
-    .bind(merchant_id)
-    .fetch_one(db)
-    .await?)
+    super::pages::owned_row_exists(db, "payment_methods", merchant_id, id).await
 }
 
 /// Newest first, optionally of one customer (detached methods have none, so they drop out of
@@ -260,12 +254,10 @@ pub async fn list<'e>(
     starting_after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<PaymentMethod>, StoreError> {
-    sqlx::query_as::<_, Row>(&format!(
-        "SELECT {COLUMNS} FROM payment_methods
-         WHERE merchant_id = $1
-           AND ($2::text IS NULL OR customer_id = $2)
-           AND ($3::text IS NULL OR (created_at, id) < (SELECT c.created_at, c.id FROM payment_methods c WHERE c.id = $3 AND c.merchant_id = $1))
-         ORDER BY created_at DESC, id DESC LIMIT $4"
+    sqlx::query_as::<_, Row>(&super::pages::newest_first(
+        "payment_methods",
+        COLUMNS,
+        "customer_id",
     ))
     .bind(merchant_id)
     .bind(customer_id)

@@ -328,13 +328,7 @@ pub async fn exists<'e>(
     merchant_id: &str,
     id: &str,
 ) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM refunds WHERE id = $1 AND merchant_id = $2)",
-    )
-    .bind(id)
-    .bind(merchant_id)
-    .fetch_one(db)
-    .await?)
+    super::pages::owned_row_exists(db, "refunds", merchant_id, id).await
 }
 
 /// Newest first, optionally for one intent, after the `starting_after` refund (which the
@@ -346,12 +340,10 @@ pub async fn list<'e>(
     starting_after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Refund>, StoreError> {
-    sqlx::query_as::<_, Row>(&format!(
-        "SELECT {COLUMNS} FROM refunds
-         WHERE merchant_id = $1
-           AND ($2::text IS NULL OR payment_intent_id = $2)
-           AND ($3::text IS NULL OR (created_at, id) < (SELECT c.created_at, c.id FROM refunds c WHERE c.id = $3 AND c.merchant_id = $1))
-         ORDER BY created_at DESC, id DESC LIMIT $4"
+    sqlx::query_as::<_, Row>(&super::pages::newest_first(
+        "refunds",
+        COLUMNS,
+        "payment_intent_id",
     ))
     .bind(merchant_id)
     .bind(payment_intent_id)
