@@ -166,6 +166,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The 3-D Secure callback can capture a payment: its fee by this configuration.
+    paystream_shared::ledger::install_fee_schedule(config.fees);
     let url = config.database_url.expose().clone();
     paystream_shared::db::ensure_database(&url).await?;
     let pool = paystream_shared::db::connect(&url, config.db_pool_size).await?;

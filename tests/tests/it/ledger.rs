@@ -459,3 +459,113 @@ async fn a_thousand_concurrent_captures_and_refunds_leave_the_ledger_balanced() 
     assert!(ok, "{verdict}");
     assert_eq!(verdict["transactions"], 1000);
 }
+
+#[tokio::test]
+async fn settling_into_a_payout_moves_pending_to_available_then_out_once() {
+    use paystream_shared::domain::ids::IdKind;
+    use paystream_shared::domain::ledger::{Account, BalanceStatus, Posting, PostingKind};
+    use paystream_shared::domain::money::{Amount, Currency};
+    use paystream_shared::store::balance_transactions;
+
+    let app = spawn_app().await;
+    let _c = app.start_confirm_worker();
+    let _r = app.start_refund_worker();
+    let pi = succeeded(&app, 1000, "usd").await;
+    let re = refund(&app, &pi, 400).await;
+    let (merchant, pool) = (app.merchant_id.clone(), app.pool.clone());
+    let usd = Currency::parse("usd").unwrap();
+    assert_eq!(
+        ledger::fee_for(Amount::from_stored(1000), usd).minor_units(),
+        59
+    );
+    assert!(ledger::posted(&pool, PostingKind::Charge, &pi)
+        .await
+        .unwrap());
+    assert!(!ledger::posted(&pool, PostingKind::Payout, &pi)
+        .await
+        .unwrap());
+
+    // The acquirer's payout settles both movements: 941 - 400 = 541.
+    let payout = IdKind::Payout.generate();
+    let moved: Vec<String> = [pi.as_str(), re.as_str()]
+        .iter()
+        .map(|source| source.to_string())
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    for source in &moved {
+        let bts = balance_transactions::for_source(&mut *tx, &merchant, source)
+            .await
+            .unwrap();
+        assert_eq!(bts.len(), 1);
+        assert!(ledger::settle(&mut tx, &merchant, &bts[0].id, &payout)
+            .await
+            .unwrap());
+        // The same line again (a report processed twice): nothing.
+        assert!(!ledger::settle(&mut tx, &merchant, &bts[0].id, &payout)
+            .await
+            .unwrap());
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(balance(&app, None, "usd").await, (0, 541));
+    let settled = transactions(&app, &format!("&payoutId={payout}")).await;
+    assert_eq!(settled.len(), 2);
+    assert!(settled
+        .iter()
+        .all(|t| t["status"] == "available" && t["payoutId"] == json!(payout)));
+
+    let mut tx = pool.begin().await.unwrap();
+    let paid = ledger::post_payout(&mut tx, &merchant, usd, &payout, 541)
+        .await
+        .unwrap()
+        .expect("first posting");
+    assert_eq!(
+        (paid.amount, paid.net, paid.status),
+        (-541, -541, BalanceStatus::Available)
+    );
+    assert!(ledger::post_payout(&mut tx, &merchant, usd, &payout, 541)
+        .await
+        .unwrap()
+        .is_none());
+    tx.commit().await.unwrap();
+    assert_eq!(balance(&app, None, "usd").await, (0, 0));
+
+    // Every account of the movement is back at zero.
+    let nonzero: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ledger_accounts WHERE balance <> 0")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(nonzero, 0);
+
+    // An adjustment: a balanced posting of the caller's making, shown once.
+    let posting = Posting::new(
+        &merchant,
+        usd,
+        PostingKind::Adjustment,
+        "sd_test",
+        &[(Account::MerchantAvailable, -25), (Account::Payouts, 25)],
+    )
+    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let adj = ledger::post_adjustment(&mut tx, &posting, "fee", 25, 0, BalanceStatus::Available)
+        .await
+        .unwrap()
+        .expect("first posting");
+    assert_eq!(adj.source, "sd_test");
+    assert!(
+        ledger::post_adjustment(&mut tx, &posting, "fee", 25, 0, BalanceStatus::Available)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(balance(&app, None, "usd").await, (0, 25));
+    let shown = transactions(&app, "&type=adjustment").await;
+    assert_eq!(
+        (&shown[0]["reportingCategory"], &shown[0]["amount"]),
+        (&json!("fee"), &json!(25))
+    );
+    let payouts = transactions(&app, "&type=payout").await;
+    assert_eq!(payouts[0]["source"], json!(payout));
+    assert_eq!(verify(&app).await, Ok(()));
+}
