@@ -425,6 +425,24 @@ impl TestApp {
         id
     }
 
+    /// Asserts the ledger is whole (`paystream ledger verify`'s checks: every transaction
+    /// balances, every balance equals its entries, the intents and refunds match the ledger)
+    /// and that `source` (a `pi_` or `re_`) posted exactly once.
+    pub async fn assert_posted_once(&self, source: &str) {
+        let mut conn = self.pool.acquire().await.expect("connection");
+        let verdict = paystream_shared::ledger::verify(&mut conn)
+            .await
+            .expect("ledger verify");
+        assert_eq!(verdict, Ok(()), "the ledger is whole");
+        let postings: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM ledger_transactions WHERE source_id = $1")
+                .bind(source)
+                .fetch_one(&mut *conn)
+                .await
+                .expect("count postings");
+        assert_eq!(postings, 1, "{source} posts once");
+    }
+
     /// What the acquirer holds for an intent: (captured, refunded) in minor units.
     pub async fn acquirer_totals(&self, reference: &str) -> (i64, i64) {
         let r = self

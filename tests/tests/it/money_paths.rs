@@ -267,6 +267,8 @@ async fn a_3ds_payment_whose_notification_was_lost_is_reconciled_not_abandoned()
         (&json!("succeeded"), &json!(1099), &Value::Null),
         "{pi}"
     );
+    // Reconciliation's capture posted the charge.
+    app.assert_posted_once(&reconciled).await;
 
     let abandoned = paid_challenge_nobody_heard_of(&app).await;
     let canceled = paystream_workers::deadlines::cancel_abandoned(

@@ -328,6 +328,8 @@ async fn reordered_and_duplicated_notifications_settle_every_refund_exactly_once
             1,
             "{id}"
         );
+        // Duplicated, reordered settlements: one refund posting each.
+        app.assert_posted_once(id).await;
     }
     let outcomes: Vec<String> = sqlx::query_scalar("SELECT outcome FROM provider_events")
         .fetch_all(&app.pool)
@@ -394,6 +396,8 @@ async fn a_late_payment_succeeded_settles_a_processing_intent() {
     let intent = app.wait_for_status(&pi, &["succeeded"], WAIT).await;
     assert_eq!(intent["amountReceived"], 1099);
     assert_eq!(app.sim_charges(&pi).await.len(), 1, "exactly one charge");
+    // The notification's capture posted the charge.
+    app.assert_posted_once(&pi).await;
     let actions = app.audit_actions(&pi).await;
     assert!(
         actions.contains(&("payment_intent.succeeded".to_owned(), "acquirer".to_owned())),

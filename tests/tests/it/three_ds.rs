@@ -192,6 +192,8 @@ async fn three_ds_callback_alone_completes_when_the_notification_is_dropped() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(intent(&app, &id).await["status"], "succeeded");
     assert!(notification_outcomes(&app, &id).await.is_empty());
+    // The callback's capture posted its charge in the same transaction.
+    app.assert_posted_once(&id).await;
 }
 
 #[tokio::test]
@@ -243,6 +245,8 @@ async fn three_ds_callback_and_notification_each_move_it_once() {
         "one move to succeeded"
     );
     assert_eq!(app.sim_charges(&id).await.len(), 1);
+    // Two messengers of one capture, one charge posting.
+    app.assert_posted_once(&id).await;
 }
 
 #[tokio::test]
