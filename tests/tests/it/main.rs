@@ -20,5 +20,6 @@ mod refunds;
 mod request_path;
 mod three_ds;
 mod validation;
+mod vault_charges;
 mod webhooks;
 mod worker_process;
