@@ -21,6 +21,9 @@ pub struct UpArgs {
     /// How long every process gets to answer its health check.
     #[arg(long, default_value_t = 60)]
     pub ready_timeout_secs: u64,
+    /// Where the demo checkout page listens (default: a free port on 127.0.0.1, printed).
+    #[arg(long)]
+    pub demo_addr: Option<SocketAddr>,
 }
 
 /// The processes `up` runs, in start order. Names are binary names next to `paystream`.
@@ -342,7 +345,7 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut sup = Supervisor::default();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let result = start(&config, &args, &mut sup).await;
+    let result = start(&config, &args, &mut sup, &shutdown).await;
     let code = match result {
         Ok(()) => {
             let code = loop {
@@ -368,7 +371,12 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-async fn start(config: &Config, args: &UpArgs, sup: &mut Supervisor) -> anyhow::Result<()> {
+async fn start(
+    config: &Config,
+    args: &UpArgs,
+    sup: &mut Supervisor,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     let db_url = config.database_url.expose().clone();
     if !postgres_answers(&db_url).await {
         start_postgres(sup, &args.data_dir, &db_url).await?;
@@ -380,22 +388,31 @@ async fn start(config: &Config, args: &UpArgs, sup: &mut Supervisor) -> anyhow::
     paystream_shared::db::migrate(&pool).await?;
     let mut conn = pool.acquire().await?;
     // Printed with the READY line, where it does not scroll away under the start-up output.
-    let key_line = match &config.bootstrap_api_key {
+    let (key_line, merchant_id, secret_key) = match &config.bootstrap_api_key {
         Some(secret) => {
             let merchant =
                 merchants::ensure_bootstrap_key(&mut conn, "bootstrap", secret.expose()).await?;
-            format!("bootstrap key from PAYSTREAM_BOOTSTRAP_API_KEY is an admin key of merchant {merchant}")
+            (
+                format!("bootstrap key from PAYSTREAM_BOOTSTRAP_API_KEY is an admin key of merchant {merchant}"),
+                merchant,
+                secret.expose().clone(),
+            )
         }
         None => {
             let key =
                 merchants::create_key(&mut conn, "demo", merchants::Role::Admin, None).await?;
-            format!(
-                "demo merchant {} admin key: {}",
+            (
+                format!(
+                    "demo merchant {} admin key: {}",
+                    key.merchant_id,
+                    key.secret.expose()
+                ),
                 key.merchant_id,
-                key.secret.expose()
+                key.secret.expose().clone(),
             )
         }
     };
+    let publishable_key = publishable_key(&mut conn, &merchant_id).await?;
     drop(conn);
     pool.close().await;
 
@@ -473,10 +490,64 @@ async fn start(config: &Config, args: &UpArgs, sup: &mut Supervisor) -> anyhow::
             bail!("{name} exited during start-up ({status})");
         }
     }
+    let demo_line = if started.contains(&"vault") {
+        let demo = serve_demo(
+            args,
+            paystream_demo::DemoConfig {
+                api_url: api.clone(),
+                vault_url: vault.clone(),
+                secret_key,
+                publishable_key,
+            },
+            shutdown,
+        )?;
+        format!("demo checkout: {demo} (test card 4000002760003184 for 3-D Secure)")
+    } else {
+        "demo checkout: off (no vault binary)".to_owned()
+    };
     println!();
+    println!("{demo_line}");
     println!("{key_line}");
     println!("READY api={api} vault={vault} acquirer={acquirer}");
     Ok(())
+}
+
+/// A publishable key of the merchant whose admin key `up` prints, for the demo's page. The
+/// merchant is found by id, since a bootstrap key may belong to any merchant.
+async fn publishable_key(
+    conn: &mut sqlx::PgConnection,
+    merchant_id: &str,
+) -> anyhow::Result<String> {
+    let name: String = sqlx::query_scalar("SELECT name FROM merchants WHERE id = $1")
+        .bind(merchant_id)
+        .fetch_one(&mut *conn)
+        .await
+        .context("reading the merchant of the admin key")?;
+    let key = merchants::create_key(conn, &name, merchants::Role::Publishable, None).await?;
+    Ok(key.secret.expose().clone())
+}
+
+/// The demo checkout runs inside `up` itself rather than as a child: it is a client of the
+/// stack, not a part of it, and it needs the keys `up` just made. Returns its URL.
+fn serve_demo(
+    args: &UpArgs,
+    config: paystream_demo::DemoConfig,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<String> {
+    let addr = match args.demo_addr {
+        Some(addr) => addr,
+        None => SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("binding the demo checkout to {addr}"))?;
+    let url = http_url(listener.local_addr()?);
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = paystream_demo::run(listener, config, shutdown).await {
+            eprintln!("the demo checkout stopped: {e}");
+        }
+    });
+    Ok(url)
 }
 
 #[cfg(test)]

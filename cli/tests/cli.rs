@@ -281,6 +281,19 @@ async fn up_with_a_bootstrap_key_runs_the_api_and_never_logs_a_card_number() {
     );
 
     let http = reqwest::Client::new();
+    // The demo checkout is served next to the stack, with a publishable key of the bootstrap
+    // key's merchant in its page (the browser test, tests/tests/it/browser.rs, pays there).
+    let demo = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("demo checkout: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no demo checkout line: {lines:?}"));
+    let page = http.get(demo).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("\"pk_"), "{page}");
+    assert!(page.contains(field(ready, "vault")), "{page}");
+    assert!(!page.contains("sk_bootstrap_test_0123456789"), "{page}");
     let r = http
         .post(format!("{api}/api/payment-intents"))
         .bearer_auth("sk_bootstrap_test_0123456789")

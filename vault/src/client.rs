@@ -26,6 +26,17 @@ pub struct VaultClient {
     http: reqwest::Client,
 }
 
+/// The answer to a forward. `from_acquirer` is true only when the vault marked it as the
+/// acquirer's own (header `Vault-Forwarded: acquirer`); any other answer is the vault's, and a
+/// 502 or 504 of the vault means the acquirer's outcome is unknown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forwarded {
+    pub status: u16,
+    pub from_acquirer: bool,
+    /// The raw body: the acquirer's JSON when `from_acquirer`, the vault's error otherwise.
+    pub body: Vec<u8>,
+}
+
 /// One answer of the re-wrap endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RewrapProgress {
@@ -35,11 +46,22 @@ pub struct RewrapProgress {
 
 impl VaultClient {
     pub fn new(base: &str, token: Secret<String>) -> Result<Self, ClientError> {
+        Self::with_timeout(base, token, Duration::from_secs(60))
+    }
+
+    /// A client whose every call gives up after `timeout` (the confirm worker bounds a forward
+    /// like a direct acquirer call, plus the vault's own hop).
+    pub fn with_timeout(
+        base: &str,
+        token: Secret<String>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         Ok(VaultClient {
             base: base.trim_end_matches('/').to_owned(),
             token,
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
+                .timeout(timeout)
+                .connect_timeout(timeout)
                 .build()
                 .map_err(ClientError::Unreachable)?,
         })
@@ -142,8 +164,9 @@ impl VaultClient {
         })
     }
 
-    /// Forwards `body` to the acquirer's `path` with the stored instrument put in; the
-    /// acquirer's status and JSON body.
+    /// Forwards `body` to the acquirer's `path` with the stored instrument put in. A transport
+    /// failure is `Err(Unreachable)`; every answer, the acquirer's or the vault's own, is
+    /// `Ok`, told apart by [`Forwarded::from_acquirer`].
     pub async fn forward(
         &self,
         merchant_id: &str,
@@ -151,17 +174,31 @@ impl VaultClient {
         path: &str,
         body: &Value,
         idempotency_key: &str,
-    ) -> Result<(u16, Value), ClientError> {
-        self.post(
-            "/vault/internal/forward",
-            &json!({
+    ) -> Result<Forwarded, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/vault/internal/forward", self.base))
+            .bearer_auth(self.token.expose())
+            .json(&json!({
                 "merchantId": merchant_id,
                 "vaultRef": vault_ref,
                 "path": path,
                 "body": body,
                 "idempotencyKey": idempotency_key,
-            }),
-        )
-        .await
+            }))
+            .send()
+            .await
+            .map_err(ClientError::Unreachable)?;
+        let status = resp.status().as_u16();
+        let from_acquirer = resp
+            .headers()
+            .get(crate::internal::FORWARDED_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"acquirer");
+        let body = resp.bytes().await.map_err(ClientError::Unreachable)?;
+        Ok(Forwarded {
+            status,
+            from_acquirer,
+            body: body.to_vec(),
+        })
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! | call | who | what |
 //! |---|---|---|
-//! | `POST /vault/tokens` | a merchant's secret or publishable key | validate, seal, store; a single-use `tok_` (15 min) with display fields |
+//! | `POST /vault/tokens` | a merchant's secret or publishable key | validate, seal, store; a single-use `tok_` (15 min) with display fields; CORS for any origin (`cors`) |
 //! | `POST /vault/internal/tokens/{tok}/consume` `{merchantId}` | service credential | use the token once: `{vaultRef, type, card\|bankAccount}` |
 //! | `POST /vault/internal/forward` `{merchantId, vaultRef, path, body, idempotencyKey}` | service credential | POST `body` with the number put in to the acquirer; its status and body back |
 //! | `POST /vault/internal/kek/rewrap` `{batchSize?}` | service credential | re-wrap one batch of data keys under the current KEK: `{rewrapped, remaining}` |
@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod config;
+pub mod cors;
 pub mod crypto;
 pub mod error;
 pub mod http;
@@ -145,7 +146,8 @@ pub fn app(state: State) -> impl poem::Endpoint {
     Route::new()
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
-        .at("/vault/tokens", post(tokens::create))
+        // The only route with CORS: a checkout page calls it from the merchant's origin.
+        .at("/vault/tokens", post(tokens::create).around(cors::tokens))
         .at(
             "/vault/internal/tokens/:token/consume",
             post(internal::consume),

@@ -20,15 +20,16 @@ use paystream_shared::commands::PaymentCommand;
 use paystream_shared::domain::money::Amount;
 use paystream_shared::domain::outcome::{event_type_for, ChargeOutcome};
 use paystream_shared::domain::payment_intent::{
-    CaptureMethod, PaymentError, PaymentIntent, PaymentIntentStatus,
+    is_test_payment_method, CaptureMethod, PaymentError, PaymentIntent, PaymentIntentStatus,
 };
 use paystream_shared::retry::RetrySchedule;
 use paystream_shared::store::payment_intents as store;
+use paystream_shared::store::payment_methods;
 use paystream_shared::store::StoreError;
 
 use crate::acquirer::{
     with_retries, Acquirer, AcquirerError, AuthorizeRequest, CaptureRequest, ChargeStatus,
-    RefundRequest, VoidRequest,
+    Instrument, RefundRequest, VoidRequest,
 };
 
 pub const WORKER: &str = "confirm-worker";
@@ -87,6 +88,11 @@ impl ConfirmWorker {
                 "payment intent {id} is processing without a payment method"
             ));
         };
+        let payment_method = match self.instrument(&intent, payment_method).await {
+            Ok(Ok(instrument)) => instrument,
+            Ok(Err(reason)) => return Outcome::DeadLetter(reason),
+            Err(e) => return self.retry_after(e.to_string(), delivery),
+        };
         let request = AuthorizeRequest {
             reference: intent.id.clone(),
             amount: intent.amount.minor_units(),
@@ -98,10 +104,18 @@ impl ConfirmWorker {
         let acquirer = self.acquirer.clone();
         let result = with_retries(&self.schedule, || acquirer.authorize(&request)).await;
         match result {
-            Ok(outcome) => {
-                self.record_authorization(&intent, outcome.into_charge_outcome(), delivery)
-                    .await
-            }
+            Ok(outcome) => match outcome.into_charge_outcome() {
+                Some(outcome) => self.record_authorization(&intent, outcome, delivery).await,
+                // A bank debit: accepted, settled later by the acquirer's notification (or
+                // reconciliation); the intent stays `processing` until then.
+                None => {
+                    tracing::info!(
+                        payment_intent = id,
+                        "debit accepted; waiting for the acquirer to settle it"
+                    );
+                    Outcome::Ack
+                }
+            },
             // The acquirer kept answering that it cannot process this card, through every
             // in-process attempt of every delivery: as Stripe does, the payment fails with
             // `processing_error` and the customer may try again, instead of the intent sitting
@@ -150,6 +164,31 @@ impl ConfirmWorker {
             }
             Err(e) => self.retry_after(e.to_string(), delivery),
         }
+    }
+
+    /// What the intent's payment method charges: a test method by name, or a stored one
+    /// through the vault. `Ok(Err(reason))` when the stored method does not exist, which no
+    /// retry can mend.
+    async fn instrument(
+        &self,
+        intent: &PaymentIntent,
+        payment_method: String,
+    ) -> Result<Result<Instrument, String>, StoreError> {
+        if is_test_payment_method(&payment_method) {
+            return Ok(Ok(Instrument::Test(payment_method)));
+        }
+        // Charged even if detached since: the confirm that named it was accepted before.
+        let stored = payment_methods::get(&self.pool, &intent.merchant_id, &payment_method).await?;
+        Ok(match stored {
+            Some(pm) => Ok(Instrument::Vault {
+                merchant_id: pm.merchant_id,
+                vault_ref: pm.vault_ref,
+            }),
+            None => Err(format!(
+                "payment intent {} names payment method {payment_method}, which does not exist",
+                intent.id
+            )),
+        })
     }
 
     async fn record_authorization(

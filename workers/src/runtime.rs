@@ -38,7 +38,7 @@ use paystream_nats::topology::{self, Stream, Topology};
 use paystream_shared::config::Config;
 use paystream_shared::retry::{RetrySchedule, MAX_ATTEMPTS};
 
-use crate::acquirer::HttpAcquirer;
+use crate::acquirer::{HttpAcquirer, VaultClient};
 use crate::confirm::{ConfirmWorker, WORKER as CONFIRM_WORKER};
 use crate::health;
 use crate::provider_events::{ProviderEventProcessor, WORKER as PROVIDER_EVENTS_WORKER};
@@ -67,8 +67,18 @@ pub fn handling_budget(config: &Config) -> Duration {
     let backoffs: Duration = (1..MAX_ATTEMPTS)
         .map(|n| schedule.deterministic_part(n) + config.retry_base)
         .sum();
-    backoffs + config.acquirer_timeout * MAX_ATTEMPTS
+    backoffs + vault_timeout(config) * MAX_ATTEMPTS
 }
+
+/// How long the worker waits for one forward through the vault: the vault's own call to the
+/// acquirer (bounded by the same `PAYSTREAM_ACQUIRER_TIMEOUT_MS`) plus its hop. A direct call
+/// to the acquirer is bounded by less, so this is each attempt's longest.
+pub fn vault_timeout(config: &Config) -> Duration {
+    config.acquirer_timeout + VAULT_HOP
+}
+
+/// What the vault's own work adds to a forward (unsealing, its audit row).
+pub const VAULT_HOP: Duration = Duration::from_secs(1);
 
 /// The confirm worker's consumer: every payment command, five deliveries, an ack wait above
 /// the handling budget.
@@ -397,10 +407,21 @@ pub async fn run_refund_worker(
         .await
 }
 
-/// The HTTP client of the configured acquirer.
+/// The HTTP client of the configured acquirer, with the vault for stored payment methods when
+/// this process has the vault's service credential.
 pub fn acquirer(config: &Config) -> Result<HttpAcquirer, WorkerError> {
-    HttpAcquirer::new(&config.acquirer_url, config.acquirer_timeout)
-        .map_err(|e| WorkerError::Acquirer(e.to_string()))
+    let vault = match &config.vault_service_token {
+        Some(token) => Some(
+            VaultClient::with_timeout(&config.vault_url, token.clone(), vault_timeout(config))
+                .map_err(|e| WorkerError::Acquirer(e.to_string()))?,
+        ),
+        None => None,
+    };
+    Ok(
+        HttpAcquirer::new(&config.acquirer_url, config.acquirer_timeout)
+            .map_err(|e| WorkerError::Acquirer(e.to_string()))?
+            .with_vault(vault),
+    )
 }
 
 #[cfg(test)]
@@ -410,8 +431,9 @@ mod tests {
     #[test]
     fn ack_wait_exceeds_the_whole_retry_budget() {
         let config = Config::development_defaults().unwrap();
-        // 1 s base, 10 s timeouts: backoffs at most 2+3+5+9 = 19 s, attempts 50 s.
-        assert_eq!(handling_budget(&config), Duration::from_secs(69));
+        // 1 s base, 10 s timeouts and the vault's 1 s: backoffs at most 2+3+5+9 = 19 s,
+        // attempts 55 s.
+        assert_eq!(handling_budget(&config), Duration::from_secs(74));
         assert!(confirm_spec(&config).ack_wait > handling_budget(&config));
     }
 }

@@ -27,7 +27,7 @@ fn authorize(reference: &str, payment_method: &str, capture: bool) -> AuthorizeR
         reference: reference.to_owned(),
         amount: 1099,
         currency: "usd".to_owned(),
-        payment_method: payment_method.to_owned(),
+        payment_method: paystream_workers::acquirer::Instrument::Test(payment_method.to_owned()),
         capture,
         return_url: None,
     }

@@ -220,6 +220,9 @@ fn parse_payment_method(raw: Option<String>) -> Result<Option<String>, ApiError>
 struct UsableMethod {
     id: String,
     bank_account: bool,
+    /// Whether the issuer may ask for 3-D Secure, so that confirming needs a `returnUrl`. The
+    /// API cannot know a stored card's issuer's mind, so every stored card may (docs/api.md).
+    may_need_3ds: bool,
 }
 
 async fn resolve_payment_method(
@@ -230,6 +233,7 @@ async fn resolve_payment_method(
     if is_test_payment_method(&pm) {
         return Ok(UsableMethod {
             bank_account: pm == "pm_bank_account",
+            may_need_3ds: may_require_action(&pm),
             id: pm,
         });
     }
@@ -241,6 +245,7 @@ async fn resolve_payment_method(
     }
     Ok(UsableMethod {
         bank_account: stored.method_type == PaymentMethodType::BankAccount,
+        may_need_3ds: stored.method_type == PaymentMethodType::Card,
         id: pm,
     })
 }
@@ -257,8 +262,8 @@ fn check_capture_method(pm: &UsableMethod, capture: CaptureMethod) -> Result<(),
     Ok(())
 }
 
-fn require_return_url_for(pm: &str, return_url: &Option<String>) -> Result<(), ApiError> {
-    if may_require_action(pm) && return_url.is_none() {
+fn require_return_url_for(pm: &UsableMethod, return_url: &Option<String>) -> Result<(), ApiError> {
+    if pm.may_need_3ds && return_url.is_none() {
         return Err(ApiError::invalid(
             "parameter_missing",
             "`returnUrl` is required to confirm a card that may need 3-D Secure authentication",
@@ -389,17 +394,17 @@ impl PaymentIntentsApi {
         validate_metadata(&metadata)?;
         let description = bounded_text(b.description, "description", MAX_TEXT)?;
         let return_url = parse_return_url(b.return_url)?;
-        let payment_method_id = match parse_payment_method(b.payment_method_id)? {
+        let usable = match parse_payment_method(b.payment_method_id)? {
             Some(pm) => {
                 let usable = resolve_payment_method(&state.pool, &auth, pm).await?;
                 check_capture_method(&usable, capture_method)?;
-                Some(usable.id)
+                Some(usable)
             }
             None => None,
         };
         let confirm = b.confirm.unwrap_or(false);
         if confirm {
-            let Some(pm) = &payment_method_id else {
+            let Some(pm) = &usable else {
                 return Err(ApiError::invalid(
                     "parameter_missing",
                     "`confirm: true` needs a `paymentMethodId`",
@@ -409,6 +414,7 @@ impl PaymentIntentsApi {
             };
             require_return_url_for(pm, &return_url)?;
         }
+        let payment_method_id = usable.map(|u| u.id);
 
         let now = paystream_shared::domain::now();
         let intent = PaymentIntent {
@@ -562,11 +568,11 @@ impl PaymentIntentsApi {
         // Checked again even when the intent already names it: it may have been detached since.
         let usable = resolve_payment_method(&state.pool, &auth, pm).await?;
         check_capture_method(&usable, intent.capture_method)?;
-        let pm = usable.id;
         require_return_url_for(
-            &pm,
+            &usable,
             &return_url.clone().or_else(|| intent.return_url.clone()),
         )?;
+        let pm = usable.id;
         let intent = start_confirm(&mut tx, intent, &auth, pm, return_url).await?;
         let view = finish(req, tx, StatusCode::ACCEPTED, &intent).await?;
         Ok(AcceptedResponse::Accepted(SerdeJson(view)))
@@ -709,8 +715,20 @@ mod tests {
         assert!(parse_payment_method(Some("pm_card_visa".into())).is_ok());
         let e = parse_payment_method(Some("4242424242424242".into())).unwrap_err();
         assert!(!e.message.contains("4242424242424242"));
-        assert!(require_return_url_for("pm_card_threeDSecureRequired", &None).is_err());
-        assert!(require_return_url_for("pm_card_visa", &None).is_ok());
+        let method = |id: &str, may_need_3ds| UsableMethod {
+            id: id.into(),
+            bank_account: false,
+            may_need_3ds,
+        };
+        assert!(
+            require_return_url_for(&method("pm_card_threeDSecureRequired", true), &None).is_err()
+        );
+        assert!(require_return_url_for(&method("pm_card_visa", false), &None).is_ok());
+        assert!(require_return_url_for(
+            &method("pm_stored", true),
+            &Some("https://shop.example".into())
+        )
+        .is_ok());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod architecture;
 mod audit;
 mod auth;
+mod browser;
 mod chaos;
 mod deadlines;
 mod idempotency;
@@ -20,5 +21,6 @@ mod refunds;
 mod request_path;
 mod three_ds;
 mod validation;
+mod vault_charges;
 mod webhooks;
 mod worker_process;

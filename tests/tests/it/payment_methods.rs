@@ -327,7 +327,8 @@ async fn intents_accept_stored_methods_of_their_merchant_only() {
     assert_eq!(pi["paymentMethodId"], pm_id);
     assert_eq!(pi["status"], "requires_confirmation");
     let pi = app
-        .create_intent(json!({"paymentMethodId": pm_id, "confirm": true}))
+        .create_intent(json!({"paymentMethodId": pm_id, "confirm": true,
+                              "returnUrl": "https://shop.example/back"}))
         .await;
     assert_eq!(pi["status"], "processing");
     let later = app.create_intent(json!({})).await;
@@ -337,7 +338,7 @@ async fn intents_accept_stored_methods_of_their_merchant_only() {
                 "/api/payment-intents/{}/confirm",
                 later["id"].as_str().unwrap()
             ),
-            json!({"paymentMethodId": pm_id}),
+            json!({"paymentMethodId": pm_id, "returnUrl": "https://shop.example/back"}),
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
@@ -466,7 +467,8 @@ async fn no_table_of_the_main_schema_holds_a_card_or_account_number() {
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
     for pm in [&visa, &mc, &bank_pm] {
-        app.create_intent(json!({"paymentMethodId": pm["id"], "confirm": true}))
+        app.create_intent(json!({"paymentMethodId": pm["id"], "confirm": true,
+                                 "returnUrl": "https://shop.example/back"}))
             .await;
     }
     app.post(

@@ -1,7 +1,7 @@
 //! `POST /vault/internal/forward`: the number goes from the vault to the acquirer and nowhere
 //! else; the acquirer's idempotency key holds through repeats.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use paystream_shared::store::merchants::Role;
 use paystream_vault::store::audit;
@@ -302,7 +302,7 @@ async fn the_client_paystream_uses_consumes_and_forwards() {
         .unwrap_err();
     assert_eq!(status, 400);
     assert_eq!(refused["error"]["code"], "token_invalid");
-    let (status, charge) = client
+    let forwarded = client
         .forward(
             &h.merchant_id,
             stored["vaultRef"].as_str().unwrap(),
@@ -312,7 +312,22 @@ async fn the_client_paystream_uses_consumes_and_forwards() {
         )
         .await
         .unwrap();
-    assert_eq!(status, 200, "{charge}");
+    let charge: Value = serde_json::from_slice(&forwarded.body).unwrap();
+    assert_eq!(forwarded.status, 200, "{charge}");
+    assert!(forwarded.from_acquirer);
     assert_eq!(charge["status"], "authorized");
     assert_eq!(h.sim_charges("pi_client").await.len(), 1);
+    // The vault's own refusal is not marked as the acquirer's.
+    let refused = client
+        .forward(
+            &h.merchant_id,
+            "vr_missing",
+            "/v1/payments",
+            &json!({}),
+            "k",
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 404);
+    assert!(!refused.from_acquirer);
 }

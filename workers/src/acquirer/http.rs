@@ -8,8 +8,10 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use paystream_vault::client::{ClientError, Forwarded, VaultClient};
+
 use super::{
-    Acquirer, AcquirerError, AuthorizeRequest, CaptureRequest, Charge, ChargeStatus,
+    Acquirer, AcquirerError, AuthorizeRequest, CaptureRequest, Charge, ChargeStatus, Instrument,
     PaymentOutcome, RefundReceipt, RefundRequest, VoidRequest,
 };
 
@@ -21,12 +23,15 @@ pub enum AcquirerSetupError {
     Client(#[source] reqwest::Error),
 }
 
-/// The acquirer over HTTP.
+/// The acquirer over HTTP. Authorizations of stored payment methods go through the vault
+/// (`vault`), which alone can put the number in; everything that names the acquirer's charge
+/// (capture, void, refund, lookups) goes to the acquirer directly.
 #[derive(Debug, Clone)]
 pub struct HttpAcquirer {
     base: Url,
     timeout: Duration,
     http: reqwest::Client,
+    vault: Option<VaultClient>,
 }
 
 impl HttpAcquirer {
@@ -51,7 +56,51 @@ impl HttpAcquirer {
             base,
             timeout,
             http,
+            vault: None,
         })
+    }
+
+    /// Sends the authorizations of stored payment methods through `vault`. Without one they
+    /// are refused (an integration error: the process lacks `PAYSTREAM_VAULT_SERVICE_TOKEN`).
+    #[must_use]
+    pub fn with_vault(mut self, vault: Option<VaultClient>) -> Self {
+        self.vault = vault;
+        self
+    }
+
+    /// An authorization of a stored payment method, forwarded by the vault under the same
+    /// idempotency key a direct call would carry.
+    async fn authorize_through_vault(
+        &self,
+        req: &AuthorizeRequest,
+        merchant_id: &str,
+        vault_ref: &str,
+    ) -> Result<PaymentOutcome, AcquirerError> {
+        let Some(vault) = &self.vault else {
+            return Err(AcquirerError::Rejected {
+                status: 503,
+                code: "vault_not_configured".to_owned(),
+                message: "this process has no vault credential (PAYSTREAM_VAULT_SERVICE_TOKEN), so it cannot charge a stored payment method".to_owned(),
+            });
+        };
+        let body = serde_json::json!({
+            "reference": req.reference,
+            "amount": req.amount,
+            "currency": req.currency,
+            "capture": req.capture,
+            "returnUrl": req.return_url,
+        });
+        let forwarded = vault
+            .forward(
+                merchant_id,
+                vault_ref,
+                "/v1/payments",
+                &body,
+                &req.idempotency_key(),
+            )
+            .await
+            .map_err(|e| vault_error(&e))?;
+        forwarded_outcome(&forwarded)
     }
 
     fn url(&self, path: &str) -> Result<Url, AcquirerError> {
@@ -150,11 +199,22 @@ struct RefundList {
 #[async_trait]
 impl Acquirer for HttpAcquirer {
     async fn authorize(&self, req: &AuthorizeRequest) -> Result<PaymentOutcome, AcquirerError> {
+        let payment_method = match &req.payment_method {
+            Instrument::Test(pm) => pm,
+            Instrument::Vault {
+                merchant_id,
+                vault_ref,
+            } => {
+                return self
+                    .authorize_through_vault(req, merchant_id, vault_ref)
+                    .await
+            }
+        };
         let body = AuthorizeBody {
             reference: &req.reference,
             amount: req.amount,
             currency: &req.currency,
-            payment_method: &req.payment_method,
+            payment_method,
             capture: req.capture,
             return_url: req.return_url.as_deref(),
         };
@@ -255,6 +315,41 @@ fn path_segment(id: &str) -> Result<&str, AcquirerError> {
     }
 }
 
+/// A vault that could not be reached, or whose answer could not be read: the forward may or may
+/// not have reached the acquirer, so it is retried under the same key.
+fn vault_error(e: &ClientError) -> AcquirerError {
+    AcquirerError::Transient {
+        reason: format!("vault: {e}"),
+        code: None,
+    }
+}
+
+/// Maps the vault's answer to a forwarded authorization. Only an answer marked as the
+/// acquirer's is read as the acquirer's; the vault's own 502/504 (the acquirer did not answer
+/// it) and 503 are transient, any other answer of the vault is a refusal of our request.
+fn forwarded_outcome(forwarded: &Forwarded) -> Result<PaymentOutcome, AcquirerError> {
+    let status = StatusCode::from_u16(forwarded.status).map_err(|_| AcquirerError::Protocol {
+        reason: format!("the vault answered HTTP {}", forwarded.status),
+    })?;
+    if forwarded.from_acquirer {
+        return authorize_outcome(status, &forwarded.body);
+    }
+    let code = serde_json::from_slice::<ErrorBody>(&forwarded.body)
+        .map(|b| b.error.code)
+        .unwrap_or_else(|_| "unknown".to_owned());
+    if status.is_server_error() {
+        return Err(AcquirerError::Transient {
+            reason: format!("vault: HTTP {} ({code})", status.as_u16()),
+            code: None,
+        });
+    }
+    Err(AcquirerError::Rejected {
+        status: status.as_u16(),
+        code,
+        message: "the vault refused the forward".to_owned(),
+    })
+}
+
 /// Maps an answer to `POST /v1/payments`. A 402 is the issuer's decline, which is an outcome
 /// and not an error.
 fn authorize_outcome(status: StatusCode, body: &[u8]) -> Result<PaymentOutcome, AcquirerError> {
@@ -275,6 +370,9 @@ fn authorize_outcome(status: StatusCode, body: &[u8]) -> Result<PaymentOutcome, 
         ChargeStatus::Authorized => Ok(PaymentOutcome::Authorized {
             charge_id: charge.id,
             amount: charge.amount,
+        }),
+        ChargeStatus::Pending => Ok(PaymentOutcome::Pending {
+            charge_id: charge.id,
         }),
         ChargeStatus::RequiresAction => match charge.redirect_url {
             Some(redirect_url) => Ok(PaymentOutcome::ActionRequired {
@@ -415,6 +513,80 @@ mod tests {
                 message: "The card has expired.".to_owned()
             }
         );
+    }
+
+    #[test]
+    fn only_answers_marked_as_the_acquirers_are_read_as_its_own() {
+        let forwarded = |status: u16, from_acquirer: bool, body: &str| Forwarded {
+            status,
+            from_acquirer,
+            body: body.as_bytes().to_vec(),
+        };
+        let charge =
+            r#"{"id":"ch_1","reference":"pi","amount":5,"currency":"usd","status":"pending"}"#;
+        assert_eq!(
+            forwarded_outcome(&forwarded(200, true, charge)).unwrap(),
+            PaymentOutcome::Pending {
+                charge_id: "ch_1".into()
+            }
+        );
+        let vault_error =
+            r#"{"error":{"type":"api_error","code":"acquirer_timeout","message":"m"}}"#;
+        for status in [502, 503, 504] {
+            assert!(
+                forwarded_outcome(&forwarded(status, false, vault_error))
+                    .unwrap_err()
+                    .is_transient(),
+                "{status}"
+            );
+        }
+        // The acquirer's own 500 stays the acquirer's, with its code.
+        let err = forwarded_outcome(&forwarded(
+            500,
+            true,
+            r#"{"error":{"code":"processing_error","message":"m"}}"#,
+        ))
+        .unwrap_err();
+        assert!(err.is_processing_error());
+        let err = forwarded_outcome(&forwarded(404, false, "not json")).unwrap_err();
+        assert!(
+            matches!(err, AcquirerError::Rejected { status: 404, ref code, .. } if code == "unknown")
+        );
+        assert!(forwarded_outcome(&forwarded(1000, false, "")).is_err());
+    }
+
+    #[tokio::test]
+    async fn stored_methods_need_a_vault_and_an_unreachable_vault_is_transient() {
+        let vault_request = AuthorizeRequest {
+            reference: "pi_1".into(),
+            amount: 100,
+            currency: "usd".into(),
+            payment_method: Instrument::Vault {
+                merchant_id: "mer_1".into(),
+                vault_ref: "vr_1".into(),
+            },
+            capture: true,
+            return_url: None,
+        };
+        let acq = HttpAcquirer::new("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
+        let err = acq.authorize(&vault_request).await.unwrap_err();
+        assert!(
+            matches!(err, AcquirerError::Rejected { status: 503, .. }),
+            "{err}"
+        );
+        // Port 9 (discard) refuses connections here: the vault is down.
+        let vault = VaultClient::with_timeout(
+            "http://127.0.0.1:9",
+            paystream_shared::secret::Secret::new("t".to_owned()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let err = acq
+            .with_vault(Some(vault))
+            .authorize(&vault_request)
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err}");
     }
 
     #[tokio::test]

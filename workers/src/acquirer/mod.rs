@@ -39,6 +39,7 @@ use serde::Deserialize;
 mod http;
 
 pub use http::{AcquirerSetupError, HttpAcquirer};
+pub use paystream_vault::client::VaultClient;
 
 #[async_trait]
 pub trait Acquirer: Send + Sync {
@@ -61,6 +62,19 @@ pub trait Acquirer: Send + Sync {
     ) -> Result<Option<RefundReceipt>, AcquirerError>;
 }
 
+/// What an authorization charges: a test payment method the acquirer knows by name, or a
+/// stored card or bank account that only the vault can put into the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Instrument {
+    /// A `pm_card_*` / `pm_bank_account` test id, sent to the acquirer as `paymentMethod`.
+    Test(String),
+    /// A stored payment method: the vault forwards the authorization with the number put in.
+    Vault {
+        merchant_id: String,
+        vault_ref: String,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizeRequest {
     /// Our payment intent id.
@@ -68,7 +82,7 @@ pub struct AuthorizeRequest {
     /// Minor units of `currency`.
     pub amount: i64,
     pub currency: String,
-    pub payment_method: String,
+    pub payment_method: Instrument,
     pub capture: bool,
     pub return_url: Option<String>,
 }
@@ -139,12 +153,18 @@ pub enum PaymentOutcome {
         charge_id: String,
         redirect_url: String,
     },
+    /// A bank debit the acquirer accepted and settles later: its notification (or
+    /// reconciliation) ends the payment, so the intent stays `processing`.
+    Pending {
+        charge_id: String,
+    },
 }
 
 impl PaymentOutcome {
-    /// The outcome in the domain's terms, which decide what it does to the intent.
-    pub fn into_charge_outcome(self) -> ChargeOutcome {
-        match self {
+    /// The outcome in the domain's terms, which decide what it does to the intent; `None` for
+    /// a debit still pending, which decides nothing yet.
+    pub fn into_charge_outcome(self) -> Option<ChargeOutcome> {
+        Some(match self {
             PaymentOutcome::Captured { charge_id, amount } => ChargeOutcome::Captured {
                 charge_id,
                 amount_received: Amount::from_stored(amount),
@@ -172,7 +192,8 @@ impl PaymentOutcome {
                 charge_id,
                 redirect_url,
             },
-        }
+            PaymentOutcome::Pending { .. } => return None,
+        })
     }
 }
 
@@ -186,6 +207,8 @@ pub enum ChargeStatus {
     /// Captured, then refunded in full.
     Refunded,
     Declined,
+    /// A bank debit not settled yet.
+    Pending,
 }
 
 /// A charge as the acquirer holds it.
@@ -230,7 +253,7 @@ impl Charge {
                 charge_id,
                 redirect_url: self.redirect_url.clone().unwrap_or_default(),
             },
-            ChargeStatus::Voided => return None,
+            ChargeStatus::Voided | ChargeStatus::Pending => return None,
         })
     }
 
@@ -333,7 +356,7 @@ mod tests {
             reference: reference.to_owned(),
             amount: 1099,
             currency: "usd".to_owned(),
-            payment_method: payment_method.to_owned(),
+            payment_method: Instrument::Test(payment_method.to_owned()),
             capture,
             return_url: None,
         }
@@ -424,12 +447,20 @@ mod tests {
             message: "no".into(),
         }
         .into_charge_outcome();
+        assert_eq!(
+            PaymentOutcome::Pending {
+                charge_id: "ch_1".into()
+            }
+            .into_charge_outcome(),
+            None
+        );
+        assert_eq!(charge(ChargeStatus::Pending).outcome(), None);
         assert!(matches!(
             declined,
-            ChargeOutcome::Declined {
+            Some(ChargeOutcome::Declined {
                 charge_id: None,
                 ..
-            }
+            })
         ));
     }
 
