@@ -90,6 +90,13 @@ pub enum KeysCommand {
     },
     /// Revoke a key by id (`key_...`).
     Revoke { id: String },
+    /// Roll a key: print a new secret for the same merchant and role, and keep the old one
+    /// working for `--expire-old-in` seconds (default 24 h), then refuse it with 401. Audited.
+    Roll {
+        id: String,
+        #[arg(long, default_value_t = 86_400)]
+        expire_old_in: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,17 +175,14 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
                 println!(
-                    "{:<38} {:<24} {:<10} {:<11} {:<8} CREATED",
+                    "{:<38} {:<24} {:<10} {:<11} {:<9} CREATED",
                     "ID", "MERCHANT", "PREFIX", "ROLE", "STATE"
                 );
+                let now = chrono::Utc::now();
                 for k in keys {
-                    let state = if k.revoked_at.is_some() {
-                        "revoked"
-                    } else {
-                        "active"
-                    };
+                    let state = k.state(now);
                     println!(
-                        "{:<38} {:<24} {:<10} {:<11} {:<8} {}",
+                        "{:<38} {:<24} {:<10} {:<11} {:<9} {}",
                         k.id,
                         k.merchant_name,
                         format!("{}…", k.key_prefix),
@@ -188,6 +192,34 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
                     );
                 }
             }
+        }
+        KeysCommand::Roll { id, expire_old_in } => {
+            let mut tx = pool.begin().await?;
+            let actor = paystream_shared::audit::Actor::Operator("paystream-cli".into());
+            let rolled = merchants::roll_key(
+                &mut tx,
+                &id,
+                std::time::Duration::from_secs(expire_old_in),
+                &actor,
+            )
+            .await?;
+            let Some(rolled) = rolled else {
+                eprintln!("no active key {id}");
+                return Ok(ExitCode::FAILURE);
+            };
+            tx.commit().await?;
+            println!(
+                "key {} keeps working until {}, then answers 401",
+                rolled.old_key_id,
+                rolled.old_expires_at.to_rfc3339()
+            );
+            println!(
+                "key {} role {}",
+                rolled.new.key_id,
+                rolled.new.role.as_str()
+            );
+            // As at creation: printed once, here, and stored nowhere but as a hash.
+            println!("new key: {}", rolled.new.secret.expose());
         }
         KeysCommand::Revoke { id } => {
             if merchants::revoke_key(&pool, &id).await? {

@@ -88,6 +88,10 @@ pub struct Config {
     /// unset, it serves nothing and only logs its counters. `paystream up` gives each worker
     /// one and waits on it before printing READY.
     pub health_addr: Option<SocketAddr>,
+
+    // Transport security (README "TLS"): the listeners' certificate, the proxies trusted to
+    // terminate TLS in front of them, and the extra CA paystream's own clients trust.
+    pub tls: crate::tls::TlsSettings,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/paystream";
@@ -308,6 +312,8 @@ impl Config {
             }
         };
 
+        let tls = crate::tls::TlsSettings::from_lookup(&lookup)?;
+
         Ok(Config {
             environment,
             database_url: Secret::new(database_url),
@@ -334,6 +340,7 @@ impl Config {
             db_pool_size,
             rate_limit_per_sec,
             health_addr,
+            tls,
         })
     }
 }

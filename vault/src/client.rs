@@ -35,10 +35,21 @@ pub struct RewrapProgress {
 
 impl VaultClient {
     pub fn new(base: &str, token: Secret<String>) -> Result<Self, ClientError> {
+        Self::trusting(base, token, None)
+    }
+
+    /// As `new`, also trusting the CA bundle at `ca_cert` (`PAYSTREAM_CA_CERT`), for a vault
+    /// served over HTTPS with a certificate of a private CA.
+    pub fn trusting(
+        base: &str,
+        token: Secret<String>,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
         Ok(VaultClient {
             base: base.trim_end_matches('/').to_owned(),
             token,
-            http: reqwest::Client::builder()
+            http: paystream_shared::tls::client_builder(ca_cert)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
                 .timeout(Duration::from_secs(60))
                 .build()
                 .map_err(ClientError::Unreachable)?,

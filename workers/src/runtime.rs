@@ -397,8 +397,12 @@ pub async fn run_refund_worker(
 
 /// The HTTP client of the configured acquirer.
 pub fn acquirer(config: &Config) -> Result<HttpAcquirer, WorkerError> {
-    HttpAcquirer::new(&config.acquirer_url, config.acquirer_timeout)
-        .map_err(|e| WorkerError::Acquirer(e.to_string()))
+    HttpAcquirer::trusting(
+        &config.acquirer_url,
+        config.acquirer_timeout,
+        config.tls.ca_cert.as_deref(),
+    )
+    .map_err(|e| WorkerError::Acquirer(e.to_string()))
 }
 
 #[cfg(test)]

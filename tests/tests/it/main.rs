@@ -17,6 +17,7 @@ mod provider;
 mod reconcile;
 mod refunds;
 mod request_path;
+mod security;
 mod three_ds;
 mod validation;
 mod webhooks;

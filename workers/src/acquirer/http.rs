@@ -19,6 +19,8 @@ pub enum AcquirerSetupError {
     Url { url: String },
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    Ca(#[from] paystream_shared::config::ConfigError),
 }
 
 /// The acquirer over HTTP.
@@ -32,6 +34,16 @@ pub struct HttpAcquirer {
 impl HttpAcquirer {
     /// `timeout` bounds each call as a whole; a call that exceeds it is a transient failure.
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, AcquirerSetupError> {
+        Self::trusting(base_url, timeout, None)
+    }
+
+    /// As `new`, also trusting the CA bundle at `ca_cert` (`PAYSTREAM_CA_CERT`) for an https
+    /// acquirer signed by a private CA.
+    pub fn trusting(
+        base_url: &str,
+        timeout: Duration,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Self, AcquirerSetupError> {
         let bad = || AcquirerSetupError::Url {
             url: base_url.to_owned(),
         };
@@ -42,7 +54,7 @@ impl HttpAcquirer {
         if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
             return Err(bad());
         }
-        let http = reqwest::Client::builder()
+        let http = paystream_shared::tls::client_builder(ca_cert)?
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
