@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_webhooks;
 pub mod dlq;
+pub mod doctor;
 pub mod listen;
 pub mod up;
 
@@ -51,6 +52,10 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Check this deployment's configuration as its processes will read it: TLS, secrets set
+    /// and not the development ones, the database reachable by a role that is not a superuser,
+    /// NATS reachable with JetStream. Prints every check; exit 1 if any fails.
+    Doctor,
     /// Operate the vault.
     Vault {
         #[command(subcommand)]
@@ -117,6 +122,11 @@ async fn database(config: &Config) -> anyhow::Result<sqlx::PgPool> {
 }
 
 pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Doctor = cli.command {
+        // The real environment, without the development default below: the doctor judges
+        // what a deployment's processes will read.
+        return Ok(doctor::run().await);
+    }
     // Development mode unless told otherwise. `up` runs the whole stack on one machine with the
     // public development secrets and says so to what it starts; the other commands never use
     // those secrets (they sign, seal and verify nothing), so requiring them would only make an
@@ -142,6 +152,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Verify { json },
         } => audit_verify(&config, json).await,
+        Command::Doctor => Ok(doctor::run().await),
         Command::Vault {
             command:
                 VaultCommand::RotateKek {
