@@ -253,7 +253,8 @@ async fn rotate_kek(
 ) -> anyhow::Result<ExitCode> {
     let token = paystream_vault::config::service_token(|k| std::env::var(k).ok())?;
     let url = vault_url.unwrap_or_else(|| format!("http://{}", config.vault_addr));
-    let client = paystream_vault::client::VaultClient::new(&url, token)?;
+    let client =
+        paystream_vault::client::VaultClient::trusting(&url, token, config.tls.ca_cert.as_deref())?;
     let total = client
         .rotate_kek(batch_size, |p| {
             println!(

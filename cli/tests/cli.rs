@@ -170,8 +170,12 @@ struct Up {
 
 impl Up {
     fn start(cmd: &mut Command) -> Up {
+        Self::start_with(cmd.arg("up"))
+    }
+
+    /// `cmd` already names `up` and its flags.
+    fn start_with(cmd: &mut Command) -> Up {
         let mut child = cmd
-            .arg("up")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -611,4 +615,81 @@ async fn keys_roll_keeps_the_old_key_until_its_expiry() {
     .await
     .unwrap();
     assert_eq!(audited, 2);
+}
+
+#[tokio::test]
+async fn up_with_tls_serves_the_api_and_the_vault_over_https_with_a_local_ca() {
+    let db = TestDb::new().await;
+    let data_dir = std::env::temp_dir().join(format!("paystream-up-tls-{}", free_port()));
+    let api_port = free_port();
+    let mut cmd = paystream(&db);
+    cmd.args(["up", "--tls", "--data-dir"])
+        .arg(&data_dir)
+        .env("PAYSTREAM_API_ADDR", format!("127.0.0.1:{api_port}"))
+        .env("PAYSTREAM_VAULT_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "PAYSTREAM_ACQUIRER_URL",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .env("PAYSTREAM_STREAM_PREFIX", format!("uptls{}_", free_port()))
+        .env("PAYSTREAM_BOOTSTRAP_API_KEY", "sk_bootstrap_tls_0123456789");
+    let up = Up::start_with(&mut cmd);
+    let lines = up.wait_ready(Duration::from_secs(90));
+    let ready = lines.last().unwrap();
+    let api = field(ready, "api").to_owned();
+    let vault = field(ready, "vault").to_owned();
+    assert_eq!(api, format!("https://127.0.0.1:{api_port}"));
+    assert!(vault.starts_with("https://"), "{ready}");
+    let ca = data_dir.join("tls").join("ca.pem");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("--cacert {}", ca.display()))),
+        "{lines:?}"
+    );
+
+    let https = paystream_shared::tls::client_builder(Some(&ca))
+        .unwrap()
+        .build()
+        .unwrap();
+    let r = https
+        .get(format!("{api}/api/payment-intents"))
+        .bearer_auth("sk_bootstrap_tls_0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("strict-transport-security"));
+    let r = https
+        .post(format!("{vault}/vault/tokens"))
+        .bearer_auth("sk_bootstrap_tls_0123456789")
+        .json(&serde_json::json!({"card": {"number": "4242424242424242", "expMonth": 12, "expYear": 2099, "cvc": "123"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Without the CA, nothing verifies; over plain HTTP, nothing answers.
+    assert!(reqwest::Client::new()
+        .get(format!("{api}/healthz"))
+        .send()
+        .await
+        .is_err());
+    let plain = api.replacen("https://", "http://", 1);
+    assert!(reqwest::Client::new()
+        .get(format!("{plain}/healthz"))
+        .send()
+        .await
+        .is_err());
+    // The operator's command reaches the https vault trusting the same CA.
+    let (ok, out, err) = run(paystream(&db).env("PAYSTREAM_CA_CERT", &ca).args([
+        "vault",
+        "rotate-kek",
+        "--vault-url",
+        &vault,
+    ]));
+    assert!(ok, "{out}{err}");
+
+    let exit = up.stop();
+    assert!(exit.success(), "{exit:?}");
+    let _ = std::fs::remove_dir_all(&data_dir);
 }
