@@ -141,13 +141,19 @@ impl<A: Acceptor> Acceptor for TlsAcceptor<A> {
         // The handshake runs on the connection's own task (on its first read or write), so a
         // slow or silent client never holds up the accept loop.
         let accept = tokio_rustls::TlsAcceptor::from(self.certificates.current()).accept(io);
-        Ok((Handshake::Pending(accept), local, remote, Scheme::HTTPS))
+        Ok((
+            Handshake::Pending(Box::new(accept)),
+            local,
+            remote,
+            Scheme::HTTPS,
+        ))
     }
 }
 
 /// A server-side TLS stream that completes its handshake on first use.
 pub enum Handshake<IO> {
-    Pending(tokio_rustls::Accept<IO>),
+    // Boxed, both: a connection's state moves once, and the two are large and unequal.
+    Pending(Box<tokio_rustls::Accept<IO>>),
     Ready(Box<tokio_rustls::server::TlsStream<IO>>),
     Failed,
 }
@@ -159,7 +165,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<&mut tokio_rustls::server::TlsStream<IO>>> {
         if let Handshake::Pending(accept) = self {
-            match Pin::new(accept).poll(cx) {
+            match Pin::new(accept.as_mut()).poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(stream)) => *self = Handshake::Ready(Box::new(stream)),
                 Poll::Ready(Err(e)) => {

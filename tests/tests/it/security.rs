@@ -377,3 +377,23 @@ async fn a_rolled_key_works_until_its_expiry_then_401() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn the_vault_refuses_a_plain_listener_off_loopback_before_touching_the_database() {
+    let config = paystream_vault::config::VaultConfig::from_lookup(|k| match k {
+        "PAYSTREAM_ENV" => Some("development".to_owned()),
+        // Nothing answers here: the refusal must come first.
+        "DATABASE_URL" => Some("postgres://nobody@127.0.0.1:1/none".to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let err = paystream_vault::run(listener, config, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect_err("plain HTTP on every interface");
+    let message = err.to_string();
+    assert!(
+        message.contains("PAYSTREAM_VAULT_ADDR") && message.contains("PAYSTREAM_TLS_CERT"),
+        "{message}"
+    );
+}
