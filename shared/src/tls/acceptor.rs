@@ -229,3 +229,80 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Handshake<IO> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::local_ca::LocalCa;
+
+    fn temp_dir(tag: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("paystream-{tag}-{}", uuid::Uuid::new_v4()))
+    }
+
+    #[test]
+    fn unreadable_files_are_named_and_a_bad_reload_keeps_the_certificate_in_use() {
+        let dir = temp_dir("acceptor");
+        let ca = LocalCa::generate(&dir).unwrap();
+        let files = TlsFiles {
+            cert: ca.cert.clone(),
+            key: ca.key.clone(),
+        };
+        let certificates = Certificates::load(files.clone()).unwrap();
+        let before = Arc::as_ptr(&certificates.current());
+
+        // A renewal caught half-written: the key is garbage. The old configuration stays.
+        std::fs::write(&ca.key, "not a key").unwrap();
+        let err = certificates.reload().unwrap_err().to_string();
+        assert!(
+            err.contains("server-key.pem") && !err.contains("not a key"),
+            "{err}"
+        );
+        assert_eq!(Arc::as_ptr(&certificates.current()), before);
+
+        let missing = TlsFiles {
+            cert: dir.join("absent.pem"),
+            key: ca.key.clone(),
+        };
+        let err = Certificates::load(missing).err().unwrap().to_string();
+        assert!(err.contains("absent.pem"), "{err}");
+        std::fs::write(&ca.cert, "").unwrap();
+        let err = Certificates::load(files).err().unwrap().to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
+
+        // The CA's own certificate with the server's key: they do not match.
+        LocalCa::generate(&dir).unwrap();
+        let mismatched = TlsFiles {
+            cert: ca.ca_cert.clone(),
+            key: ca.key.clone(),
+        };
+        assert!(Certificates::load(mismatched).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn outbound_trust_reads_a_bundle_and_names_a_bad_one() {
+        let dir = temp_dir("client");
+        let ca = LocalCa::generate(&dir).unwrap();
+        assert_eq!(crate::tls::root_certificates(&ca.ca_cert).unwrap().len(), 1);
+        assert!(crate::tls::client_builder(Some(&ca.ca_cert))
+            .unwrap()
+            .build()
+            .is_ok());
+        let err = crate::tls::root_certificates(&dir.join("absent.pem")).unwrap_err();
+        assert_eq!(err.var, crate::tls::CA_CERT_VAR);
+        std::fs::write(dir.join("empty.pem"), "").unwrap();
+        assert!(crate::tls::root_certificates(&dir.join("empty.pem")).is_err());
+        // Made once, then kept: `up --tls` hands out the same CA every time.
+        let (again, made) = LocalCa::ensure(&dir).unwrap();
+        assert!(!made);
+        assert_eq!(
+            std::fs::read(&again.ca_cert).unwrap(),
+            std::fs::read(&ca.ca_cert).unwrap()
+        );
+        let fresh = temp_dir("fresh");
+        let (_, made) = LocalCa::ensure(&fresh).unwrap();
+        assert!(made);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&fresh);
+    }
+}
