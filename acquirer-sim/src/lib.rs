@@ -156,6 +156,9 @@ pub struct SimConfig {
     /// `None`: the origin of [`Self::notify_url`] when that ends in `/api/provider/webhooks`;
     /// without either, the browser goes straight to the payment's `returnUrl`.
     pub callback_url: Option<String>,
+    /// A PEM bundle the notification client trusts besides the system's roots
+    /// (`PAYSTREAM_CA_CERT`), for a paystream API served with a private CA's certificate.
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Default for SimConfig {
@@ -167,6 +170,7 @@ impl Default for SimConfig {
             notify_url: None,
             notify_secret: Secret::new(DEFAULT_NOTIFY_SECRET.to_owned()),
             callback_url: None,
+            ca_cert: None,
         }
     }
 }
@@ -240,6 +244,7 @@ impl SimConfig {
                 }
                 None => None,
             },
+            ca_cert: get("PAYSTREAM_CA_CERT").map(std::path::PathBuf::from),
         })
     }
 }

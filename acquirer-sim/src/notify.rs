@@ -139,8 +139,20 @@ impl Sim {
     }
 }
 
+/// The notification client, trusting `ca_cert` too when given (an https API with a private CA).
+fn notify_client(ca_cert: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().timeout(SEND_TIMEOUT);
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string())? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
 async fn deliver(sim: Arc<Sim>, mut rx: UnboundedReceiver<Notification>, url: String) {
-    let http = match reqwest::Client::builder().timeout(SEND_TIMEOUT).build() {
+    let http = match notify_client(sim.config.ca_cert.as_deref()) {
         Ok(http) => http,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the notification client; notifications are off");

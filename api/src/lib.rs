@@ -16,9 +16,8 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::listener::{Acceptor, TcpAcceptor};
 use poem::middleware::CatchPanic;
-use poem::{Endpoint, EndpointExt, IntoEndpoint, Route, Server};
+use poem::{Endpoint, EndpointExt, IntoEndpoint, Route};
 use poem_openapi::OpenApiService;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -142,22 +141,28 @@ pub fn app(state: AppState) -> impl Endpoint {
         .into_endpoint()
 }
 
-/// Serves on `listener` until `shutdown` fires, then lets requests in flight finish.
+/// Serves on `listener` until `shutdown` fires, then lets requests in flight finish. HTTPS
+/// only when the configuration names a certificate; plain HTTP only on loopback or behind
+/// trusted proxies (`paystream_shared::tls`).
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let acceptor = TcpAcceptor::from_std(listener)?;
-    tracing::info!(addr = ?acceptor.local_addr(), "paystream-api listening");
-    Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(
-            app(state),
-            shutdown.cancelled_owned(),
-            Some(Duration::from_secs(10)),
-        )
-        .await
+) -> Result<(), paystream_shared::tls::ServeError> {
+    let tls = state.config.tls.clone();
+    let listener = paystream_shared::tls::Listener {
+        process: "paystream-api",
+        addr_var: "PAYSTREAM_API_ADDR",
+        listener,
+    };
+    paystream_shared::tls::serve(
+        listener,
+        &tls,
+        app(state),
+        shutdown,
+        Duration::from_secs(10),
+    )
+    .await
 }
 
 /// Everything `paystream-api` does after reading its configuration: connect, migrate, serve.
@@ -168,6 +173,13 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     // The 3-D Secure callback can capture a payment: its fee by this configuration.
     paystream_shared::ledger::install_fee_schedule(config.fees);
+    // Refuse a plain listener on the network before touching the database.
+    paystream_shared::tls::check_listener(
+        "paystream-api",
+        "PAYSTREAM_API_ADDR",
+        listener.local_addr()?,
+        &config.tls,
+    )?;
     let url = config.database_url.expose().clone();
     paystream_shared::db::ensure_database(&url).await?;
     let pool = paystream_shared::db::connect(&url, config.db_pool_size).await?;

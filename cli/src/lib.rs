@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_webhooks;
 pub mod dlq;
+pub mod doctor;
 pub mod listen;
 pub mod up;
 
@@ -56,6 +57,10 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Check this deployment's configuration as its processes will read it: TLS, secrets set
+    /// and not the development ones, the database reachable by a role that is not a superuser,
+    /// NATS reachable with JetStream. Prints every check; exit 1 if any fails.
+    Doctor,
     /// Operate the vault.
     Vault {
         #[command(subcommand)]
@@ -95,6 +100,13 @@ pub enum KeysCommand {
     },
     /// Revoke a key by id (`key_...`).
     Revoke { id: String },
+    /// Roll a key: print a new secret for the same merchant and role, and keep the old one
+    /// working for `--expire-old-in` seconds (default 24 h), then refuse it with 401. Audited.
+    Roll {
+        id: String,
+        #[arg(long, default_value_t = 86_400)]
+        expire_old_in: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +138,11 @@ async fn database(config: &Config) -> anyhow::Result<sqlx::PgPool> {
 }
 
 pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Doctor = cli.command {
+        // The real environment, without the development default below: the doctor judges
+        // what a deployment's processes will read.
+        return Ok(doctor::run().await);
+    }
     // Development mode unless told otherwise. `up` runs the whole stack on one machine with the
     // public development secrets and says so to what it starts; the other commands never use
     // those secrets (they sign, seal and verify nothing), so requiring them would only make an
@@ -154,6 +171,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ledger {
             command: LedgerCommand::Verify { json },
         } => ledger_verify(&config, json).await,
+        Command::Doctor => Ok(doctor::run().await),
         Command::Vault {
             command:
                 VaultCommand::RotateKek {
@@ -187,17 +205,14 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
                 println!(
-                    "{:<38} {:<24} {:<10} {:<11} {:<8} CREATED",
+                    "{:<38} {:<24} {:<10} {:<11} {:<9} CREATED",
                     "ID", "MERCHANT", "PREFIX", "ROLE", "STATE"
                 );
+                let now = chrono::Utc::now();
                 for k in keys {
-                    let state = if k.revoked_at.is_some() {
-                        "revoked"
-                    } else {
-                        "active"
-                    };
+                    let state = k.state(now);
                     println!(
-                        "{:<38} {:<24} {:<10} {:<11} {:<8} {}",
+                        "{:<38} {:<24} {:<10} {:<11} {:<9} {}",
                         k.id,
                         k.merchant_name,
                         format!("{}…", k.key_prefix),
@@ -207,6 +222,34 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
                     );
                 }
             }
+        }
+        KeysCommand::Roll { id, expire_old_in } => {
+            let mut tx = pool.begin().await?;
+            let actor = paystream_shared::audit::Actor::Operator("paystream-cli".into());
+            let rolled = merchants::roll_key(
+                &mut tx,
+                &id,
+                std::time::Duration::from_secs(expire_old_in),
+                &actor,
+            )
+            .await?;
+            let Some(rolled) = rolled else {
+                eprintln!("no active key {id}");
+                return Ok(ExitCode::FAILURE);
+            };
+            tx.commit().await?;
+            println!(
+                "key {} keeps working until {}, then answers 401",
+                rolled.old_key_id,
+                rolled.old_expires_at.to_rfc3339()
+            );
+            println!(
+                "key {} role {}",
+                rolled.new.key_id,
+                rolled.new.role.as_str()
+            );
+            // As at creation: printed once, here, and stored nowhere but as a hash.
+            println!("new key: {}", rolled.new.secret.expose());
         }
         KeysCommand::Revoke { id } => {
             if merchants::revoke_key(&pool, &id).await? {
@@ -229,7 +272,8 @@ async fn rotate_kek(
 ) -> anyhow::Result<ExitCode> {
     let token = paystream_vault::config::service_token(|k| std::env::var(k).ok())?;
     let url = vault_url.unwrap_or_else(|| format!("http://{}", config.vault_addr));
-    let client = paystream_vault::client::VaultClient::new(&url, token)?;
+    let client =
+        paystream_vault::client::VaultClient::trusting(&url, token, config.tls.ca_cert.as_deref())?;
     let total = client
         .rotate_kek(batch_size, |p| {
             println!(

@@ -24,6 +24,10 @@ pub struct UpArgs {
     /// Where the demo checkout page listens (default: a free port on 127.0.0.1, printed).
     #[arg(long)]
     pub demo_addr: Option<SocketAddr>,
+    /// Serve the API and the vault over HTTPS only, with a certificate of a local CA made
+    /// (once) under `--data-dir`/tls; every process and the simulator trust that CA.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// The processes `up` runs, in start order. Names are binary names next to `paystream`.
@@ -340,6 +344,45 @@ fn http_url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
+/// What `--tls` adds: the local CA, and the variables every child is given.
+struct LocalTls {
+    ca: paystream_shared::tls::local_ca::LocalCa,
+}
+
+impl LocalTls {
+    fn ensure(data_dir: &Path) -> anyhow::Result<Self> {
+        let dir = std::fs::canonicalize(data_dir)?.join("tls");
+        let (ca, made) = paystream_shared::tls::local_ca::LocalCa::ensure(&dir)
+            .context("making the local certificate authority")?;
+        let verb = if made { "made" } else { "using" };
+        println!(
+            "TLS: {verb} a local CA at {}; trust it to reach https://localhost: \
+             curl --cacert {0} …, or add it to the system store \
+             (cp {0} /usr/local/share/ca-certificates/paystream.crt && update-ca-certificates)",
+            ca.ca_cert.display()
+        );
+        Ok(LocalTls { ca })
+    }
+
+    fn env(&self) -> [(&'static str, &Path); 3] {
+        use paystream_shared::tls::{CA_CERT_VAR, TLS_CERT_VAR, TLS_KEY_VAR};
+        [
+            (TLS_CERT_VAR, &self.ca.cert),
+            (TLS_KEY_VAR, &self.ca.key),
+            (CA_CERT_VAR, &self.ca.ca_cert),
+        ]
+    }
+}
+
+/// The URL of a listener `up` started: https with `--tls`.
+fn service_url(addr: SocketAddr, tls: bool) -> String {
+    if tls {
+        format!("https://{addr}")
+    } else {
+        http_url(addr)
+    }
+}
+
 pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<ExitCode> {
     let shutdown = paystream_shared::shutdown::on_signal();
     let mut sup = Supervisor::default();
@@ -422,6 +465,12 @@ async fn start(
     }
     println!("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE=true for local development: webhooks may target loopback and private addresses");
     println!("PAYSTREAM_ENV=development: the vault uses its public development KEK and service credential unless PAYSTREAM_VAULT_KEK and PAYSTREAM_VAULT_SERVICE_TOKEN are set");
+    let tls = args
+        .tls
+        .then(|| LocalTls::ensure(&args.data_dir))
+        .transpose()?;
+    let api = service_url(config.api_addr, tls.is_some());
+    let vault = service_url(config.vault_addr, tls.is_some());
     let dir = binary_dir()?;
     build_missing_binaries(&dir).await?;
     let mut started = Vec::new();
@@ -438,6 +487,14 @@ async fn start(
             command.env("PAYSTREAM_HEALTH_ADDR", addr.to_string());
             worker_health.push((*name, http_url(addr)));
         }
+        if let Some(tls) = &tls {
+            // The acquirer simulator ignores the certificate (it stays plain on loopback) but
+            // trusts the CA for its notifications to the https API.
+            for (var, path) in tls.env() {
+                command.env(var, path);
+            }
+            command.env("PAYSTREAM_VAULT_URL", &vault);
+        }
         let child = command
             .env("DATABASE_URL", &db_url)
             .env("NATS_URL", &config.nats_url)
@@ -445,10 +502,10 @@ async fn start(
             .env(ENV_VAR, environment)
             .env(
                 "ACQUIRER_SIM_NOTIFY_URL",
-                format!("{}/api/provider/webhooks", http_url(config.api_addr)),
+                format!("{api}/api/provider/webhooks"),
             )
             // A finished 3-D Secure challenge sends the browser back to the API's callback.
-            .env("ACQUIRER_SIM_CALLBACK_URL", http_url(config.api_addr))
+            .env("ACQUIRER_SIM_CALLBACK_URL", &api)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -460,11 +517,9 @@ async fn start(
         bail!("paystream-api was not found next to {}; build the workspace first (cargo build --workspace)", dir.display());
     }
 
-    let http = reqwest::Client::builder()
+    let http = paystream_shared::tls::client_builder(tls.as_ref().map(|t| t.ca.ca_cert.as_path()))?
         .timeout(Duration::from_secs(2))
         .build()?;
-    let api = http_url(config.api_addr);
-    let vault = http_url(config.vault_addr);
     let acquirer = config.acquirer_url.trim_end_matches('/').to_owned();
     let mut checks = vec![("paystream-api", api.clone())];
     if started.contains(&"acquirer-sim") {

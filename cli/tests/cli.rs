@@ -170,8 +170,12 @@ struct Up {
 
 impl Up {
     fn start(cmd: &mut Command) -> Up {
+        Self::start_with(cmd.arg("up"))
+    }
+
+    /// `cmd` already names `up` and its flags.
+    fn start_with(cmd: &mut Command) -> Up {
         let mut child = cmd
-            .arg("up")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -449,4 +453,256 @@ async fn up_starts_its_own_postgres_and_nats_when_none_answer() {
         );
     }
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// `paystream doctor` with exactly `vars` in its environment (and PATH).
+fn doctor(vars: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paystream"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .arg("doctor");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let (ok, out, err) = run(&mut cmd);
+    (ok, format!("{out}{err}"))
+}
+
+#[tokio::test]
+async fn doctor_passes_a_production_config_and_names_each_problem_of_the_development_one() {
+    let db = TestDb::new().await;
+    // Least privilege: a role that may log in and nothing more.
+    let role = format!(
+        "doctor_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    sqlx::query(&format!("CREATE ROLE {role} LOGIN"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("paystream-doctor-{role}"));
+    let ca = paystream_shared::tls::local_ca::LocalCa::generate(&dir).unwrap();
+    let nats = paystream_tests::nats_url();
+    let least = format!("postgres://{role}@127.0.0.1:5432/{}", db.name);
+    let (cert, key, ca_cert) = (
+        ca.cert.display().to_string(),
+        ca.key.display().to_string(),
+        ca.ca_cert.display().to_string(),
+    );
+    let (ok, out) = doctor(&[
+        ("DATABASE_URL", &least),
+        ("NATS_URL", &nats),
+        (
+            "PAYSTREAM_WEBHOOK_SECRET_KEY",
+            "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
+        ),
+        (
+            "PAYSTREAM_ACQUIRER_WEBHOOK_SECRET",
+            "acq_whsec_our_own_0123456789",
+        ),
+        (
+            "PAYSTREAM_VAULT_KEK",
+            "IB8eHRwbGhkYFxYVFBMSERAPDg0MCwoJCAcGBQQDAgE=",
+        ),
+        (
+            "PAYSTREAM_VAULT_SERVICE_TOKEN",
+            "vault_svc_our_own_0123456789",
+        ),
+        ("PAYSTREAM_API_ADDR", "0.0.0.0:8443"),
+        ("PAYSTREAM_VAULT_ADDR", "0.0.0.0:8444"),
+        ("PAYSTREAM_TLS_CERT", &cert),
+        ("PAYSTREAM_TLS_KEY", &key),
+        ("PAYSTREAM_CA_CERT", &ca_cert),
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("checks passed") && !out.contains("FAIL"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("reachable as {role}")), "{out}");
+
+    // `paystream up`'s development values, used outside development, on every interface,
+    // as the superuser, with NATS away.
+    let (ok, out) = doctor(&[
+        ("PAYSTREAM_ENV", "production"),
+        ("DATABASE_URL", &db.url),
+        ("NATS_URL", "nats://127.0.0.1:1"),
+        (
+            "PAYSTREAM_WEBHOOK_SECRET_KEY",
+            paystream_shared::config::DEVELOPMENT_WEBHOOK_SECRET_KEY,
+        ),
+        (
+            "PAYSTREAM_ACQUIRER_WEBHOOK_SECRET",
+            paystream_shared::config::DEVELOPMENT_ACQUIRER_WEBHOOK_SECRET,
+        ),
+        (
+            "PAYSTREAM_VAULT_KEK",
+            paystream_vault::config::DEVELOPMENT_KEK,
+        ),
+        (
+            "PAYSTREAM_VAULT_SERVICE_TOKEN",
+            paystream_shared::config::DEVELOPMENT_VAULT_SERVICE_TOKEN,
+        ),
+        ("PAYSTREAM_API_ADDR", "0.0.0.0:8080"),
+    ]);
+    assert!(!ok, "{out}");
+    for var in [
+        "PAYSTREAM_WEBHOOK_SECRET_KEY",
+        "PAYSTREAM_ACQUIRER_WEBHOOK_SECRET",
+        "PAYSTREAM_VAULT_KEK",
+        "PAYSTREAM_VAULT_SERVICE_TOKEN",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with("FAIL")
+                && l.contains(&format!("{var} is the public development value"))),
+            "{var} not named: {out}"
+        );
+    }
+    let failed = |name: &str| out.lines().any(|l| l.starts_with(&format!("FAIL {name}")));
+    assert!(
+        failed("tls (api)") && out.contains("PAYSTREAM_TLS_CERT"),
+        "{out}"
+    );
+    assert!(failed("database") && out.contains("superuser"), "{out}");
+    assert!(failed("nats"), "{out}");
+    assert!(
+        !failed("tls (vault)"),
+        "the vault stayed on loopback: {out}"
+    );
+
+    // Nothing set at all: development mode is refused, and each secret is named as missing.
+    let (ok, out) = doctor(&[("PAYSTREAM_ENV", "development"), ("DATABASE_URL", &least)]);
+    assert!(!ok);
+    assert!(
+        out.lines().any(|l| l.starts_with("FAIL environment")),
+        "{out}"
+    );
+    assert!(out.contains("PAYSTREAM_VAULT_KEK is not set"), "{out}");
+
+    let _ = std::fs::remove_dir_all(&dir);
+    sqlx::query(&format!("DROP ROLE {role}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn keys_roll_keeps_the_old_key_until_its_expiry() {
+    use paystream_shared::store::merchants::authenticate;
+    let db = TestDb::new().await;
+    let (ok, out, _) = run(paystream(&db).args(["keys", "create", "--merchant", "acme"]));
+    assert!(ok, "{out}");
+    let old = out.split_whitespace().last().unwrap().to_owned();
+    let old_id = authenticate(&db.pool, &old).await.unwrap().unwrap().key_id;
+
+    // Default expiry: a day, so both work now.
+    let (ok, out, _) = run(paystream(&db).args(["keys", "roll", &old_id]));
+    assert!(ok, "{out}");
+    let new = out.split_whitespace().last().unwrap().to_owned();
+    assert!(new.starts_with("sk_") && new != old, "{out}");
+    assert!(out.contains("keeps working until"), "{out}");
+    let new_owner = authenticate(&db.pool, &new).await.unwrap().unwrap();
+    assert!(authenticate(&db.pool, &old).await.unwrap().is_some());
+    let (ok, table, _) = run(paystream(&db).args(["keys", "list"]));
+    assert!(ok && table.contains("expiring"), "{table}");
+
+    // Rolling the new key with no grace at all: it stops at once, its successor works.
+    let (ok, out, _) =
+        run(paystream(&db).args(["keys", "roll", &new_owner.key_id, "--expire-old-in", "0"]));
+    assert!(ok, "{out}");
+    let newest = out.split_whitespace().last().unwrap().to_owned();
+    assert!(authenticate(&db.pool, &new).await.unwrap().is_none());
+    assert!(authenticate(&db.pool, &newest).await.unwrap().is_some());
+    let (ok, json, _) = run(paystream(&db).args(["keys", "list", "--json"]));
+    assert!(ok && json.contains("\"rolledTo\""), "{json}");
+    assert!(
+        !json.contains(&newest) && !json.contains(&new),
+        "never a secret"
+    );
+    let (ok, _, err) = run(paystream(&db).args(["keys", "roll", &new_owner.key_id]));
+    assert!(!ok && err.contains("no active key"), "{err}");
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'api_key.rolled' AND actor = 'operator:paystream-cli'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(audited, 2);
+}
+
+#[tokio::test]
+async fn up_with_tls_serves_the_api_and_the_vault_over_https_with_a_local_ca() {
+    let db = TestDb::new().await;
+    let data_dir = std::env::temp_dir().join(format!("paystream-up-tls-{}", free_port()));
+    let api_port = free_port();
+    let mut cmd = paystream(&db);
+    cmd.args(["up", "--tls", "--data-dir"])
+        .arg(&data_dir)
+        .env("PAYSTREAM_API_ADDR", format!("127.0.0.1:{api_port}"))
+        .env("PAYSTREAM_VAULT_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "PAYSTREAM_ACQUIRER_URL",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .env("PAYSTREAM_STREAM_PREFIX", format!("uptls{}_", free_port()))
+        .env("PAYSTREAM_BOOTSTRAP_API_KEY", "sk_bootstrap_tls_0123456789");
+    let up = Up::start_with(&mut cmd);
+    let lines = up.wait_ready(Duration::from_secs(90));
+    let ready = lines.last().unwrap();
+    let api = field(ready, "api").to_owned();
+    let vault = field(ready, "vault").to_owned();
+    assert_eq!(api, format!("https://127.0.0.1:{api_port}"));
+    assert!(vault.starts_with("https://"), "{ready}");
+    let ca = data_dir.join("tls").join("ca.pem");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("--cacert {}", ca.display()))),
+        "{lines:?}"
+    );
+
+    let https = paystream_shared::tls::client_builder(Some(&ca))
+        .unwrap()
+        .build()
+        .unwrap();
+    let r = https
+        .get(format!("{api}/api/payment-intents"))
+        .bearer_auth("sk_bootstrap_tls_0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("strict-transport-security"));
+    let r = https
+        .post(format!("{vault}/vault/tokens"))
+        .bearer_auth("sk_bootstrap_tls_0123456789")
+        .json(&serde_json::json!({"card": {"number": "4242424242424242", "expMonth": 12, "expYear": 2099, "cvc": "123"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Without the CA, nothing verifies; over plain HTTP, nothing answers.
+    assert!(reqwest::Client::new()
+        .get(format!("{api}/healthz"))
+        .send()
+        .await
+        .is_err());
+    let plain = api.replacen("https://", "http://", 1);
+    assert!(reqwest::Client::new()
+        .get(format!("{plain}/healthz"))
+        .send()
+        .await
+        .is_err());
+    // The operator's command reaches the https vault trusting the same CA.
+    let (ok, out, err) = run(paystream(&db).env("PAYSTREAM_CA_CERT", &ca).args([
+        "vault",
+        "rotate-kek",
+        "--vault-url",
+        &vault,
+    ]));
+    assert!(ok, "{out}{err}");
+
+    let exit = up.stop();
+    assert!(exit.success(), "{exit:?}");
+    let _ = std::fs::remove_dir_all(&data_dir);
 }

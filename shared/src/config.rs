@@ -96,6 +96,10 @@ pub struct Config {
     pub fees: FeeSchedule,
     /// What a lost dispute costs the merchant, in minor units (`PAYSTREAM_DISPUTE_FEE`, 1500).
     pub dispute_fee: Amount,
+
+    // Transport security (README "TLS"): the listeners' certificate, the proxies trusted to
+    // terminate TLS in front of them, and the extra CA paystream's own clients trust.
+    pub tls: crate::tls::TlsSettings,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/paystream";
@@ -331,6 +335,7 @@ impl Config {
                 value: dispute_raw.clone(),
                 reason: "must be a whole, non-negative number of minor units".into(),
             })?;
+        let tls = crate::tls::TlsSettings::from_lookup(&lookup)?;
 
         Ok(Config {
             environment,
@@ -360,6 +365,7 @@ impl Config {
             health_addr,
             fees,
             dispute_fee,
+            tls,
         })
     }
 }

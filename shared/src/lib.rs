@@ -22,5 +22,6 @@ pub mod shutdown;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 pub mod views;
 pub mod webhooks;

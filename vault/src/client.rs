@@ -46,20 +46,32 @@ pub struct RewrapProgress {
 
 impl VaultClient {
     pub fn new(base: &str, token: Secret<String>) -> Result<Self, ClientError> {
-        Self::with_timeout(base, token, Duration::from_secs(60))
+        Self::configured(base, token, Duration::from_secs(60), None)
+    }
+
+    /// As `new`, also trusting the CA bundle at `ca_cert` (`PAYSTREAM_CA_CERT`), for a vault
+    /// served over HTTPS with a certificate of a private CA.
+    pub fn trusting(
+        base: &str,
+        token: Secret<String>,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
+        Self::configured(base, token, Duration::from_secs(60), ca_cert)
     }
 
     /// A client whose every call gives up after `timeout` (the confirm worker bounds a forward
-    /// like a direct acquirer call, plus the vault's own hop).
-    pub fn with_timeout(
+    /// like a direct acquirer call, plus the vault's own hop), trusting `ca_cert` if given.
+    pub fn configured(
         base: &str,
         token: Secret<String>,
         timeout: Duration,
+        ca_cert: Option<&std::path::Path>,
     ) -> Result<Self, ClientError> {
         Ok(VaultClient {
             base: base.trim_end_matches('/').to_owned(),
             token,
-            http: reqwest::Client::builder()
+            http: paystream_shared::tls::client_builder(ca_cert)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
                 .timeout(timeout)
                 .connect_timeout(timeout)
                 .build()

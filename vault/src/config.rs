@@ -33,6 +33,8 @@ pub struct VaultConfig {
     /// What the rest of paystream presents to call `/vault/internal/...`.
     pub service_token: Secret<String>,
     pub development: bool,
+    /// The listener's certificate and trusted proxies, and the CA its acquirer client trusts.
+    pub tls: paystream_shared::tls::TlsSettings,
 }
 
 impl std::fmt::Debug for VaultConfig {
@@ -68,6 +70,8 @@ impl VaultConfig {
         let development = get("PAYSTREAM_ENV").as_deref() == Some("development");
         let required = |var: &'static str, dev_default: &str, what: &str| {
             match get(var) {
+                // Outside development a public value is as good as none.
+                Some(v) if !development && v.trim() == dev_default => Err(public_value(var)),
                 Some(v) => Ok(v),
                 None if development => Ok(dev_default.to_owned()),
                 None => Err(ConfigError {
@@ -103,6 +107,7 @@ impl VaultConfig {
             kek_previous,
             service_token,
             development,
+            tls: shared.tls,
         })
     }
 }
@@ -125,6 +130,9 @@ pub fn service_token(
             })
         }
     };
+    if !development && token == DEVELOPMENT_SERVICE_TOKEN {
+        return Err(public_value(var));
+    }
     if token.len() < 16 {
         return Err(ConfigError {
             var,
@@ -133,6 +141,16 @@ pub fn service_token(
         });
     }
     Ok(Secret::new(token))
+}
+
+fn public_value(var: &'static str) -> ConfigError {
+    ConfigError {
+        var,
+        value: "<hidden>".into(),
+        reason: "is the public development value, accepted only with PAYSTREAM_ENV=development; \
+                 set a secret of your own"
+            .into(),
+    }
 }
 
 fn parse_kek(var: &'static str, raw: &str) -> Result<Kek, ConfigError> {
@@ -167,9 +185,44 @@ mod tests {
     fn a_missing_kek_outside_development_names_the_variable() {
         let err = VaultConfig::from_lookup(lookup(&[])).unwrap_err();
         assert_eq!(err.var, "PAYSTREAM_VAULT_KEK");
-        let err = VaultConfig::from_lookup(lookup(&[("PAYSTREAM_VAULT_KEK", DEVELOPMENT_KEK)]))
-            .unwrap_err();
+        let own_kek = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+        let err =
+            VaultConfig::from_lookup(lookup(&[("PAYSTREAM_VAULT_KEK", own_kek)])).unwrap_err();
         assert_eq!(err.var, "PAYSTREAM_VAULT_SERVICE_TOKEN");
+    }
+
+    #[test]
+    fn development_values_are_refused_outside_development() {
+        let own_kek = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+        let own_token = "vault_svc_0123456789abcdef";
+        let err = VaultConfig::from_lookup(lookup(&[
+            ("PAYSTREAM_VAULT_KEK", DEVELOPMENT_KEK),
+            ("PAYSTREAM_VAULT_SERVICE_TOKEN", own_token),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.var, "PAYSTREAM_VAULT_KEK");
+        assert!(
+            err.to_string().contains("public development value"),
+            "{err}"
+        );
+        let err = VaultConfig::from_lookup(lookup(&[
+            ("PAYSTREAM_VAULT_KEK", own_kek),
+            ("PAYSTREAM_VAULT_SERVICE_TOKEN", DEVELOPMENT_SERVICE_TOKEN),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.var, "PAYSTREAM_VAULT_SERVICE_TOKEN");
+        let ok = VaultConfig::from_lookup(lookup(&[
+            ("PAYSTREAM_VAULT_KEK", own_kek),
+            ("PAYSTREAM_VAULT_SERVICE_TOKEN", own_token),
+        ]))
+        .unwrap();
+        assert!(!ok.development && ok.tls.files.is_none());
+        // The same values are fine on a laptop.
+        assert!(VaultConfig::from_lookup(lookup(&[
+            ("PAYSTREAM_ENV", "development"),
+            ("PAYSTREAM_VAULT_KEK", DEVELOPMENT_KEK),
+        ]))
+        .is_ok());
     }
 
     #[test]

@@ -27,10 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use poem::error::{MethodNotAllowedError, NotFoundError};
-use poem::listener::TcpAcceptor;
 use poem::middleware::Tracing;
 use poem::web::Data;
-use poem::{get, handler, post, EndpointExt, IntoResponse, Response, Route, Server};
+use poem::{get, handler, post, EndpointExt, IntoResponse, Response, Route};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +56,10 @@ pub enum StartError {
         context: &'static str,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Serve(#[from] paystream_shared::tls::ServeError),
+    #[error(transparent)]
+    Config(#[from] paystream_shared::config::ConfigError),
     #[error("cannot build the acquirer client: {0}")]
     Http(#[from] reqwest::Error),
 }
@@ -107,7 +110,7 @@ pub async fn state(config: VaultConfig) -> Result<State, StartError> {
     let pool = paystream_shared::db::connect(&url, config.db_pool_size).await?;
     let keyring = Keyring::new(config.kek.clone(), config.kek_previous.clone());
     let fingerprint_key = store::data_keys::fingerprint_key(&pool, &keyring).await?;
-    let http = reqwest::Client::builder()
+    let http = paystream_shared::tls::client_builder(config.tls.ca_cert.as_deref())?
         .timeout(config.acquirer_timeout)
         // The acquirer's URL is configuration; nothing the caller sends may redirect the
         // number elsewhere.
@@ -205,6 +208,8 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(io("the listener has no local address"))?;
+    // Refuse a plain listener on the network before touching the database.
+    paystream_shared::tls::check_listener("vault", "PAYSTREAM_VAULT_ADDR", addr, &config.tls)?;
     let state = state(config).await?;
     tracing::info!(
         %addr,
@@ -212,17 +217,23 @@ pub async fn run(
         previous_kek = ?state.keyring.previous_id(),
         "vault listening"
     );
-    let acceptor = TcpAcceptor::from_std(listener).map_err(io("cannot adopt the listener"))?;
     let purger = tokio::spawn(purge_loop(state.pool.clone(), shutdown.clone()));
-    Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(
-            app(state.clone()),
-            shutdown.cancelled_owned(),
-            Some(Duration::from_secs(10)),
-        )
-        .await
-        .map_err(io("the server failed"))?;
+    let tls = state.config.tls.clone();
+    let listener = paystream_shared::tls::Listener {
+        process: "vault",
+        addr_var: "PAYSTREAM_VAULT_ADDR",
+        listener,
+    };
+    let served = paystream_shared::tls::serve(
+        listener,
+        &tls,
+        app(state.clone()),
+        shutdown,
+        Duration::from_secs(10),
+    )
+    .await;
     purger.abort();
+    served?;
     state.pool.close().await;
     tracing::info!("vault stopped");
     Ok(())

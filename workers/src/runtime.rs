@@ -412,16 +412,23 @@ pub async fn run_refund_worker(
 pub fn acquirer(config: &Config) -> Result<HttpAcquirer, WorkerError> {
     let vault = match &config.vault_service_token {
         Some(token) => Some(
-            VaultClient::with_timeout(&config.vault_url, token.clone(), vault_timeout(config))
-                .map_err(|e| WorkerError::Acquirer(e.to_string()))?,
+            VaultClient::configured(
+                &config.vault_url,
+                token.clone(),
+                vault_timeout(config),
+                config.tls.ca_cert.as_deref(),
+            )
+            .map_err(|e| WorkerError::Acquirer(e.to_string()))?,
         ),
         None => None,
     };
-    Ok(
-        HttpAcquirer::new(&config.acquirer_url, config.acquirer_timeout)
-            .map_err(|e| WorkerError::Acquirer(e.to_string()))?
-            .with_vault(vault),
+    Ok(HttpAcquirer::trusting(
+        &config.acquirer_url,
+        config.acquirer_timeout,
+        config.tls.ca_cert.as_deref(),
     )
+    .map_err(|e| WorkerError::Acquirer(e.to_string()))?
+    .with_vault(vault))
 }
 
 #[cfg(test)]

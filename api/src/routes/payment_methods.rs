@@ -80,7 +80,7 @@ pub struct Vault(pub Option<VaultClient>);
 impl Vault {
     pub fn from_config(config: &paystream_shared::config::Config) -> Self {
         let client = config.vault_service_token.clone().and_then(|token| {
-            VaultClient::new(&config.vault_url, token)
+            VaultClient::trusting(&config.vault_url, token, config.tls.ca_cert.as_deref())
                 .map_err(|e| tracing::error!(error = %e, "cannot build the vault client"))
                 .ok()
         });

@@ -98,6 +98,22 @@ pub struct KeyInfo {
     pub role: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Set when the key was rolled: it authenticates until then, and never after.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The key that replaced it.
+    pub rolled_to: Option<String>,
+}
+
+impl KeyInfo {
+    /// `active`, `expiring` (rolled, still valid), `expired` or `revoked`.
+    pub fn state(&self, now: DateTime<Utc>) -> &'static str {
+        match (self.revoked_at, self.expires_at) {
+            (Some(_), _) => "revoked",
+            (None, Some(at)) if at <= now => "expired",
+            (None, Some(_)) => "expiring",
+            (None, None) => "active",
+        }
+    }
 }
 
 pub fn hash_secret(secret: &str) -> Vec<u8> {
@@ -144,6 +160,17 @@ pub async fn create_key(
     let secret = secret
         .map(str::to_owned)
         .unwrap_or_else(|| generate_key(role));
+    insert_key(conn, merchant_id, name, role, secret).await
+}
+
+/// Stores the hash of `secret` as a new key; the secret itself goes back to the caller only.
+async fn insert_key(
+    conn: &mut PgConnection,
+    merchant_id: String,
+    merchant_name: &str,
+    role: Role,
+    secret: String,
+) -> Result<NewKey, StoreError> {
     let key_id = IdKind::ApiKey.generate();
     let prefix: String = secret.chars().take(7).collect();
     sqlx::query("INSERT INTO api_keys (id, merchant_id, key_hash, key_prefix, role) VALUES ($1, $2, $3, $4, $5)")
@@ -156,11 +183,93 @@ pub async fn create_key(
         .await?;
     Ok(NewKey {
         merchant_id,
-        merchant_name: name.to_owned(),
+        merchant_name: merchant_name.to_owned(),
         key_id,
         role,
         secret: crate::secret::Secret::new(secret),
     })
+}
+
+/// The outcome of [`roll_key`].
+#[derive(Debug, Clone)]
+pub struct RolledKey {
+    /// The replacement: same merchant, same role, a new secret.
+    pub new: NewKey,
+    pub old_key_id: String,
+    /// When the old secret stops authenticating.
+    pub old_expires_at: DateTime<Utc>,
+}
+
+/// Rolls an active key, as Stripe's "roll key" does: a new secret for the same merchant and
+/// role, and the old one valid for `expire_old_in` more (never longer than an expiry it already
+/// had). The audit entry is written on `conn` too, so pass a transaction's connection: the roll
+/// and its record commit together. `None` when no active, unexpired key has that id.
+pub async fn roll_key(
+    conn: &mut PgConnection,
+    key_id: &str,
+    expire_old_in: std::time::Duration,
+    actor: &crate::audit::Actor,
+) -> Result<Option<RolledKey>, StoreError> {
+    let old: Option<(String, String, String)> = sqlx::query_as(
+        "SELECT k.merchant_id, m.name, k.role FROM api_keys k JOIN merchants m ON m.id = k.merchant_id
+         WHERE k.id = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
+         FOR UPDATE OF k",
+    )
+    .bind(key_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((merchant_id, merchant_name, role)) = old else {
+        return Ok(None);
+    };
+    let role = Role::parse(&role).map_err(|e| StoreError::Corrupt {
+        id: key_id.to_owned(),
+        reason: e.message,
+    })?;
+    let new = insert_key(
+        conn,
+        merchant_id.clone(),
+        &merchant_name,
+        role,
+        generate_key(role),
+    )
+    .await?;
+    let secs = i64::try_from(expire_old_in.as_secs()).unwrap_or(i64::MAX);
+    // Microseconds, PostgreSQL's precision, so what is printed is what is stored.
+    let old_expires_at: DateTime<Utc> = sqlx::query_scalar(
+        "UPDATE api_keys
+         SET expires_at = LEAST(coalesce(expires_at, 'infinity'),
+                                date_trunc('microseconds', now() + make_interval(secs => $2::double precision))),
+             rolled_to = $3
+         WHERE id = $1 RETURNING expires_at",
+    )
+    .bind(key_id)
+    .bind(secs)
+    .bind(&new.key_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    crate::audit::append(
+        conn,
+        crate::audit::NewEntry {
+            merchant_id: Some(&merchant_id),
+            object_type: "api_key",
+            object_id: key_id,
+            action: "api_key.rolled",
+            actor,
+            before: Some(serde_json::json!({"expiresAt": null})),
+            // Ids and times only: a secret never reaches the audit log.
+            after: Some(serde_json::json!({
+                "expiresAt": old_expires_at,
+                "rolledTo": new.key_id,
+                "role": role.as_str(),
+            })),
+        },
+    )
+    .await?;
+    Ok(Some(RolledKey {
+        new,
+        old_key_id: key_id.to_owned(),
+        old_expires_at,
+    }))
 }
 
 /// Makes sure `secret` is an active admin key of merchant `name`; returns its merchant id.
@@ -188,7 +297,8 @@ pub async fn authenticate<'e>(
     secret: &str,
 ) -> Result<Option<KeyOwner>, StoreError> {
     let row: Option<(String, String, String)> = sqlx::query_as(
-        "SELECT id, merchant_id, role FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        "SELECT id, merchant_id, role FROM api_keys
+         WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
     )
     .bind(hash_secret(secret))
     .fetch_optional(db)
@@ -209,7 +319,8 @@ pub async fn authenticate<'e>(
 
 pub async fn list_keys<'e>(db: impl PgExecutor<'e>) -> Result<Vec<KeyInfo>, StoreError> {
     Ok(sqlx::query_as::<_, KeyInfo>(
-        "SELECT k.id, k.merchant_id, m.name AS merchant_name, k.key_prefix, k.role, k.created_at, k.revoked_at
+        "SELECT k.id, k.merchant_id, m.name AS merchant_name, k.key_prefix, k.role, k.created_at, k.revoked_at,
+                k.expires_at, k.rolled_to
          FROM api_keys k JOIN merchants m ON m.id = k.merchant_id ORDER BY k.created_at, k.id",
     )
     .fetch_all(db)

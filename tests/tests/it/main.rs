@@ -19,6 +19,7 @@ mod provider;
 mod reconcile;
 mod refunds;
 mod request_path;
+mod security;
 mod three_ds;
 mod validation;
 mod vault_charges;

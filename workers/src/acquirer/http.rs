@@ -21,6 +21,8 @@ pub enum AcquirerSetupError {
     Url { url: String },
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    Ca(#[from] paystream_shared::config::ConfigError),
 }
 
 /// The acquirer over HTTP. Authorizations of stored payment methods go through the vault
@@ -37,6 +39,16 @@ pub struct HttpAcquirer {
 impl HttpAcquirer {
     /// `timeout` bounds each call as a whole; a call that exceeds it is a transient failure.
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, AcquirerSetupError> {
+        Self::trusting(base_url, timeout, None)
+    }
+
+    /// As `new`, also trusting the CA bundle at `ca_cert` (`PAYSTREAM_CA_CERT`) for an https
+    /// acquirer signed by a private CA.
+    pub fn trusting(
+        base_url: &str,
+        timeout: Duration,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Self, AcquirerSetupError> {
         let bad = || AcquirerSetupError::Url {
             url: base_url.to_owned(),
         };
@@ -47,7 +59,7 @@ impl HttpAcquirer {
         if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
             return Err(bad());
         }
-        let http = reqwest::Client::builder()
+        let http = paystream_shared::tls::client_builder(ca_cert)?
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
@@ -575,10 +587,11 @@ mod tests {
             "{err}"
         );
         // Port 9 (discard) refuses connections here: the vault is down.
-        let vault = VaultClient::with_timeout(
+        let vault = VaultClient::configured(
             "http://127.0.0.1:9",
             paystream_shared::secret::Secret::new("t".to_owned()),
             Duration::from_secs(1),
+            None,
         )
         .unwrap();
         let err = acq
