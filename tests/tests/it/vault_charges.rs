@@ -250,3 +250,37 @@ async fn a_stored_card_is_captured_later_and_refunded() {
     .await;
     assert_eq!(app.acquirer_totals(&id).await, (1500, 500));
 }
+
+#[tokio::test]
+async fn bank_debits_stay_processing_until_the_acquirer_settles_them() {
+    let (app, pk) = app_with_vault().await;
+    for (account, want, code) in [
+        ("000123456789", "succeeded", None),
+        ("000111111116", "failed", Some("account_closed")),
+        ("000222222227", "failed", Some("insufficient_funds")),
+    ] {
+        let pm = stored_method(&app, &pk, bank(account)).await;
+        let id = confirm(&app, &pm, json!({"amount": 700})).await;
+        let pi = app.wait_for_status(&id, &[want], WAIT).await;
+        assert_eq!(pi["lastPaymentError"]["code"].as_str(), code, "{pi}");
+        let charges = app.sim_charges(&id).await;
+        assert_eq!(charges.len(), 1, "{charges:?}");
+        // The worker left it processing; the acquirer's notification ended it.
+        let actions = app.audit_actions(&id).await;
+        let last = actions.last().unwrap();
+        assert_eq!(last.1, "acquirer", "{actions:?}");
+        assert!(
+            !actions
+                .iter()
+                .any(|(_, actor)| actor == "worker:confirm-worker"),
+            "{actions:?}"
+        );
+        if want == "succeeded" {
+            assert_eq!(pi["amountReceived"], 700);
+        }
+    }
+    // The test bank account settles the same way.
+    let id = confirm(&app, "pm_bank_account", json!({})).await;
+    app.wait_for_status(&id, &["succeeded"], WAIT).await;
+    assert_eq!(app.audit_actions(&id).await.last().unwrap().1, "acquirer");
+}
