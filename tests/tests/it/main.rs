@@ -4,6 +4,7 @@
 mod architecture;
 mod audit;
 mod auth;
+mod card_data;
 mod chaos;
 mod deadlines;
 mod idempotency;

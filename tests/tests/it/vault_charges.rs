@@ -284,3 +284,40 @@ async fn bank_debits_stay_processing_until_the_acquirer_settles_them() {
     app.wait_for_status(&id, &["succeeded"], WAIT).await;
     assert_eq!(app.audit_actions(&id).await.last().unwrap().1, "acquirer");
 }
+
+#[tokio::test]
+async fn a_vault_killed_mid_forward_charges_once_and_the_payment_completes_when_it_is_back() {
+    // Backoffs long enough that the restart comes before the retries are spent.
+    let app = paystream_tests::spawn_app_with(|c| c.retry_base = Duration::from_millis(200)).await;
+    let log = std::env::temp_dir().join(format!("{}vault.log", app.prefix));
+    let mut vault = app.start_vault_process(&log).await;
+    let _c = app.start_confirm_worker();
+    let pk = app.publishable_key().await;
+    let pm = stored_method(&app, &pk, card("4242424242424242")).await;
+    // The acquirer charges, then withholds its answer (the vault is left waiting on it), and
+    // its notification is lost: only the confirm worker's retries can finish the payment.
+    app.sim_faults(json!({"timeoutRate": 1, "notifications": {"dropRate": 1}}))
+        .await;
+    let id = confirm(&app, &pm, json!({})).await;
+    eventually(WAIT, "the forwarded authorization to charge", || async {
+        (!app.sim_charges(&id).await.is_empty()).then_some(())
+    })
+    .await;
+    vault.kill().unwrap(); // SIGKILL, mid-forward
+    vault.wait().unwrap();
+    assert_eq!(
+        app.get(&format!("/api/payment-intents/{id}")).await.body["status"],
+        "processing"
+    );
+    app.sim_faults(json!({"notifications": {"dropRate": 1}}))
+        .await;
+    let mut vault = app.start_vault_process(&log).await;
+    let pi = app.wait_for_status(&id, &["succeeded"], WAIT).await;
+    assert_eq!(pi["amountReceived"], 1099);
+    let charges = app.sim_charges(&id).await;
+    assert_eq!(charges.len(), 1, "{charges:?}");
+    assert_eq!(charges[0]["status"], "captured");
+    vault.kill().unwrap();
+    vault.wait().unwrap();
+    let _ = std::fs::remove_file(&log);
+}
