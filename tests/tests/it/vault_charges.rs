@@ -321,3 +321,41 @@ async fn a_vault_killed_mid_forward_charges_once_and_the_payment_completes_when_
     vault.wait().unwrap();
     let _ = std::fs::remove_file(&log);
 }
+
+#[tokio::test]
+async fn a_vault_down_for_every_retry_dead_letters_the_charge_and_a_replay_completes_it() {
+    let app = spawn_app().await;
+    let log = std::env::temp_dir().join(format!("{}vault.log", app.prefix));
+    let mut vault = app.start_vault_process(&log).await;
+    let _c = app.start_confirm_worker();
+    let pk = app.publishable_key().await;
+    let pm = stored_method(&app, &pk, card("5555555555554444")).await;
+    vault.kill().unwrap();
+    vault.wait().unwrap();
+
+    let id = confirm(&app, &pm, json!({})).await;
+    let dead = eventually(WAIT, "the dead letter", || async {
+        let all = paystream_nats::dlq::list(&app.js, &app.topology)
+            .await
+            .unwrap();
+        all.into_iter()
+            .find(|d| d.object_id.as_deref() == Some(id.as_str()))
+    })
+    .await;
+    assert_eq!(dead.origin_subject, "cmd.payment.confirm");
+    let pi = app.get(&format!("/api/payment-intents/{id}")).await.body;
+    assert_eq!(pi["status"], "processing", "{pi}");
+    assert!(app.sim_charges(&id).await.is_empty());
+
+    // `paystream dlq replay` once the vault is back.
+    let mut vault = app.start_vault_process(&log).await;
+    paystream_nats::dlq::replay(&app.js, &app.topology, dead.id)
+        .await
+        .unwrap();
+    let pi = app.wait_for_status(&id, &["succeeded"], WAIT).await;
+    assert_eq!(pi["amountReceived"], 1099);
+    assert_eq!(app.sim_charges(&id).await.len(), 1);
+    vault.kill().unwrap();
+    vault.wait().unwrap();
+    let _ = std::fs::remove_file(&log);
+}
