@@ -1116,6 +1116,16 @@ async fn stored_cards_without_cvc_and_bank_accounts_are_charged_by_number() {
     assert_eq!(a.status, 200, "{}", a.body);
     // A debit is accepted now and settled by the customer's bank a moment later.
     assert_eq!(a.body["status"], "pending");
+    let charge = a.body["id"].as_str().unwrap().to_owned();
+    let voided = h
+        .post(
+            &format!("/v1/payments/{charge}/void"),
+            Some("void-pending"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(voided.status, 409, "{}", voided.body);
+    assert_eq!(voided.body["error"]["code"], "charge_not_voidable");
     for (reference, account) in [("pi_closed", "000111111116"), ("pi_poor", "000222222227")] {
         let a = h
             .post(
