@@ -19,6 +19,9 @@ use crate::ledger::{
 use crate::metrics::bump;
 use crate::Sim;
 
+/// How long a bank debit stays `pending` before the customer's bank decides it.
+pub const DEBIT_SETTLEMENT: Duration = Duration::from_millis(200);
+
 impl Sim {
     /// Runs `op` at most once per idempotency key. The lookup, the decision and the record of
     /// its answer happen under one lock, so two concurrent requests with one key cannot both
@@ -96,6 +99,15 @@ impl Sim {
                 ));
             }
         }
+        let debit = req.bank_account.is_some()
+            || req.payment_method.as_deref() == Some(cards::BANK_TEST_PAYMENT_METHOD);
+        if debit && !req.capture {
+            return Err(Reply::invalid(
+                "capture_required",
+                Some("capture"),
+                "a bank debit cannot be authorized for a later capture",
+            ));
+        }
         let (number, expired) = match (&req.payment_method, &req.card, &req.bank_account) {
             (Some(pm), None, None) => (
                 cards::number_for_payment_method(pm).ok_or_else(|| {
@@ -140,6 +152,12 @@ impl Sim {
             created_at: Utc::now(),
         };
         let status = match verdict {
+            // A debit is accepted now and decided by the customer's bank later.
+            _ if debit => {
+                charge.status = ChargeStatus::Pending;
+                self.settle_debit_later(&charge.id, cards::debit_verdict(number));
+                StatusCode::OK
+            }
             Verdict::ProcessingError => {
                 return Err(Reply::error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -183,6 +201,40 @@ impl Sim {
         }
         ledger.insert_charge(charge);
         Ok(reply)
+    }
+
+    /// Decides a pending debit after [`DEBIT_SETTLEMENT`] and announces it by notification
+    /// (`payment.succeeded` or `payment.failed` with the bank's code).
+    fn settle_debit_later(&self, id: &str, verdict: Result<(), cards::Decline>) {
+        let Some(sim) = self.me.upgrade() else {
+            return;
+        };
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            sim.pause(DEBIT_SETTLEMENT).await;
+            if sim.shutdown.is_cancelled() {
+                return;
+            }
+            let mut ledger = sim.ledger();
+            let Some(charge) = ledger.charge_mut(&id) else {
+                return; // forgotten by `/sim/reset` meanwhile
+            };
+            if charge.status != ChargeStatus::Pending {
+                return;
+            }
+            match verdict {
+                Ok(()) => {
+                    charge.status = ChargeStatus::Captured;
+                    charge.amount_captured = charge.amount;
+                }
+                Err(decline) => {
+                    charge.status = ChargeStatus::Declined;
+                    charge.decline = Some(decline);
+                }
+            }
+            tracing::info!(charge = %charge.id, status = charge.status.as_str(), "debit settled");
+            sim.notify_charge(charge);
+        });
     }
 
     pub(crate) fn capture(
@@ -256,6 +308,12 @@ impl Sim {
                 return Err(Reply::conflict(
                     "charge_not_voidable",
                     "A declined charge cannot be voided.",
+                ))
+            }
+            ChargeStatus::Pending => {
+                return Err(Reply::conflict(
+                    "charge_not_voidable",
+                    "A bank debit cannot be voided; refund it once it settled.",
                 ))
             }
         }

@@ -29,6 +29,31 @@ pub const EXPIRED_CARD: Decline = Decline {
     message: "The card has expired.",
 };
 
+/// A bank debit returned because the account is closed.
+pub const ACCOUNT_CLOSED: Decline = Decline {
+    code: "account_closed",
+    decline_code: "account_closed",
+    message: "The bank account has been closed.",
+};
+
+/// A bank debit returned for lack of funds.
+pub const DEBIT_INSUFFICIENT_FUNDS: Decline = Decline {
+    code: "insufficient_funds",
+    decline_code: "insufficient_funds",
+    message: "The bank account has insufficient funds.",
+};
+
+/// What the customer's bank decides about a debit, a while after the acquirer accepted it
+/// (docs/acquirer.md): the test accounts Stripe documents for ACH.
+pub fn debit_verdict(account_number: &str) -> Result<(), Decline> {
+    match account_number {
+        "000123456789" => Ok(()),
+        "000111111116" => Err(ACCOUNT_CLOSED),
+        "000222222227" => Err(DEBIT_INSUFFICIENT_FUNDS),
+        _ => Err(ACCOUNT_CLOSED),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// The issuer approves. `disputes_later` marks the card whose holder will file a chargeback;
@@ -42,6 +67,9 @@ pub enum Verdict {
     /// The acquirer fails on its side: a 5xx, no decision, nothing recorded.
     ProcessingError,
 }
+
+/// The test payment method that stands for a bank account: a debit, settled later.
+pub const BANK_TEST_PAYMENT_METHOD: &str = "pm_bank_account";
 
 /// The test card a `pm_card_*` / `pm_bank_account` id stands for.
 pub fn number_for_payment_method(payment_method: &str) -> Option<&'static str> {
@@ -116,6 +144,14 @@ mod tests {
         }
         assert_eq!(expected.len(), TEST_PAYMENT_METHODS.len());
         assert_eq!(number_for_payment_method("pm_card_amex"), None);
+    }
+
+    #[test]
+    fn debits_settle_by_account() {
+        assert_eq!(debit_verdict("000123456789"), Ok(()));
+        assert_eq!(debit_verdict("000111111116"), Err(ACCOUNT_CLOSED));
+        assert_eq!(debit_verdict("000222222227"), Err(DEBIT_INSUFFICIENT_FUNDS));
+        assert_eq!(debit_verdict("123456789"), Err(ACCOUNT_CLOSED));
     }
 
     #[test]

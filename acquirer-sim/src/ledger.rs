@@ -21,6 +21,8 @@ pub enum ChargeStatus {
     /// Captured and then refunded in full.
     Refunded,
     Declined,
+    /// A bank debit accepted and not settled yet.
+    Pending,
 }
 
 impl ChargeStatus {
@@ -32,6 +34,7 @@ impl ChargeStatus {
             ChargeStatus::Voided => "voided",
             ChargeStatus::Refunded => "refunded",
             ChargeStatus::Declined => "declined",
+            ChargeStatus::Pending => "pending",
         }
     }
 }

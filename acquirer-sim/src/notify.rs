@@ -113,7 +113,7 @@ impl Sim {
             ChargeStatus::Captured | ChargeStatus::Authorized => "payment.succeeded",
             ChargeStatus::Declined => "payment.failed",
             ChargeStatus::RequiresAction => "payment.requires_action",
-            ChargeStatus::Voided | ChargeStatus::Refunded => return,
+            ChargeStatus::Voided | ChargeStatus::Refunded | ChargeStatus::Pending => return,
         };
         self.notify(event_type, charge.to_json());
     }

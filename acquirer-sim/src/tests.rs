@@ -9,6 +9,7 @@ use poem::{EndpointExt, Response};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::ledger::ChargeStatus;
 use crate::{app, Sim, SimConfig};
 
 struct Harness {
@@ -114,7 +115,6 @@ async fn approved_cards_capture_or_authorize() {
     for (reference, pm) in [
         ("pi_visa", "pm_card_visa"),
         ("pi_mc", "pm_card_mastercard"),
-        ("pi_bank", "pm_bank_account"),
         ("pi_dispute", "pm_card_createDispute"),
     ] {
         let a = h.pay(reference, pm, true).await;
@@ -1114,7 +1114,62 @@ async fn stored_cards_without_cvc_and_bank_accounts_are_charged_by_number() {
         )
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(a.body["status"], "captured");
+    // A debit is accepted now and settled by the customer's bank a moment later.
+    assert_eq!(a.body["status"], "pending");
+    let charge = a.body["id"].as_str().unwrap().to_owned();
+    let voided = h
+        .post(
+            &format!("/v1/payments/{charge}/void"),
+            Some("void-pending"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(voided.status, 409, "{}", voided.body);
+    assert_eq!(voided.body["error"]["code"], "charge_not_voidable");
+    for (reference, account) in [("pi_closed", "000111111116"), ("pi_poor", "000222222227")] {
+        let a = h
+            .post(
+                "/v1/payments",
+                Some(&format!("{reference}:authorize")),
+                &bank(reference, account),
+            )
+            .await;
+        assert_eq!(a.body["status"], "pending", "{}", a.body);
+    }
+    let a = h.pay("pi_bank_test", "pm_bank_account", true).await;
+    assert_eq!(a.body["status"], "pending", "{}", a.body);
+    let a = h.pay("pi_bank_manual", "pm_bank_account", false).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "capture_required");
+    let settled = |reference: &str| {
+        let ledger = h.sim.ledger();
+        let charge = ledger.charges(Some(reference)).into_iter().next().cloned();
+        charge.filter(|c| c.status != ChargeStatus::Pending)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ["pi_bank_ok", "pi_closed", "pi_poor", "pi_bank_test"]
+        .iter()
+        .any(|r| settled(r).is_none())
+    {
+        assert!(Instant::now() < deadline, "debits never settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ok = settled("pi_bank_ok").unwrap();
+    assert_eq!(
+        (ok.status, ok.amount_captured),
+        (ChargeStatus::Captured, 700)
+    );
+    assert_eq!(
+        settled("pi_bank_test").unwrap().status,
+        ChargeStatus::Captured
+    );
+    let closed = settled("pi_closed").unwrap();
+    assert_eq!(closed.status, ChargeStatus::Declined);
+    assert_eq!(closed.decline.unwrap().code, "account_closed");
+    assert_eq!(
+        settled("pi_poor").unwrap().decline.unwrap().code,
+        "insufficient_funds"
+    );
     let a = h
         .post(
             "/v1/payments",

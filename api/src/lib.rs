@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod card_guard;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
@@ -138,6 +139,8 @@ pub fn app(state: AppState) -> impl Endpoint {
         .data(state)
         .data(vault)
         .around(request_id::around)
+        // Outermost: a request carrying a card number is refused before anything logs it.
+        .around(card_guard::around)
         .into_endpoint()
 }
 

@@ -314,7 +314,10 @@ async fn up_with_a_bootstrap_key_runs_the_api_and_never_logs_a_card_number() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    // A card number in the query is refused at the API's front door, and never logged.
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "card_data_not_allowed");
 
     // The vault answers at READY's `vault=`: a card becomes a token there, never at the API.
     let vault = field(ready, "vault");

@@ -256,6 +256,51 @@ impl TestApp {
         self.vault_url.clone()
     }
 
+    /// Starts (or, after it was killed, restarts) the `vault` binary as a child process on the
+    /// address reserved at spawn, with this test's database and simulator, the development KEK
+    /// and service credential, and `RUST_LOG=debug`; its stdout and stderr are appended to
+    /// `log`. Returns once it is ready. Not together with [`TestApp::start_vault`].
+    pub async fn start_vault_process(&self, log: &std::path::Path) -> std::process::Child {
+        // The reserved port is handed to the child: the listener is closed first.
+        drop(self.vault_listener.lock().expect("vault listener").take());
+        let addr = self.vault_url.trim_start_matches("http://").to_owned();
+        let file = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("vault log file")
+        };
+        let child = std::process::Command::new(binary("vault"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &self.db.url)
+            .env("PAYSTREAM_VAULT_ADDR", &addr)
+            .env("PAYSTREAM_ACQUIRER_URL", &self.sim_url)
+            .env("PAYSTREAM_ENV", "development")
+            .env("PAYSTREAM_DB_POOL_SIZE", "2")
+            .env("RUST_LOG", "debug")
+            .stdout(file())
+            .stderr(file())
+            .spawn()
+            .expect("start the vault binary");
+        let health = format!("{}/readyz", self.vault_url);
+        eventually(
+            Duration::from_secs(30),
+            "the vault process to be ready",
+            || async {
+                self.http
+                    .get(&health)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                    .then_some(())
+            },
+        )
+        .await;
+        child
+    }
+
     /// A publishable (`pk_`) key of this app's merchant, for the vault's tokens.
     pub async fn publishable_key(&self) -> String {
         let mut conn = self.pool.acquire().await.expect("connection");
@@ -381,6 +426,7 @@ impl TestApp {
             .env("PAYSTREAM_STREAM_PREFIX", &self.prefix)
             .env("PAYSTREAM_ENV", "development")
             .env("PAYSTREAM_ACQUIRER_URL", &self.sim_url)
+            .env("PAYSTREAM_VAULT_URL", &self.vault_url)
             .env("PAYSTREAM_RETRY_BASE_MS", "10")
             .env("PAYSTREAM_DB_POOL_SIZE", "8")
             .env("PAYSTREAM_ACQUIRER_TIMEOUT_MS", "500")

@@ -89,8 +89,7 @@ impl ConfirmWorker {
             ));
         };
         let payment_method = match self.instrument(&intent, payment_method).await {
-            Ok(Ok(instrument)) => instrument,
-            Ok(Err(reason)) => return Outcome::DeadLetter(reason),
+            Ok(instrument) => instrument,
             Err(e) => return self.retry_after(e.to_string(), delivery),
         };
         let request = AuthorizeRequest {
@@ -166,28 +165,25 @@ impl ConfirmWorker {
         }
     }
 
-    /// What the intent's payment method charges: a test method by name, or a stored one
-    /// through the vault. `Ok(Err(reason))` when the stored method does not exist, which no
-    /// retry can mend.
+    /// What the intent's payment method charges: a stored one through the vault, anything
+    /// else by name (the test methods; a name the acquirer does not know it refuses, and that
+    /// 4xx is dead-lettered as the integration error it is).
     async fn instrument(
         &self,
         intent: &PaymentIntent,
         payment_method: String,
-    ) -> Result<Result<Instrument, String>, StoreError> {
+    ) -> Result<Instrument, StoreError> {
         if is_test_payment_method(&payment_method) {
-            return Ok(Ok(Instrument::Test(payment_method)));
+            return Ok(Instrument::Test(payment_method));
         }
         // Charged even if detached since: the confirm that named it was accepted before.
         let stored = payment_methods::get(&self.pool, &intent.merchant_id, &payment_method).await?;
         Ok(match stored {
-            Some(pm) => Ok(Instrument::Vault {
+            Some(pm) => Instrument::Vault {
                 merchant_id: pm.merchant_id,
                 vault_ref: pm.vault_ref,
-            }),
-            None => Err(format!(
-                "payment intent {} names payment method {payment_method}, which does not exist",
-                intent.id
-            )),
+            },
+            None => Instrument::Test(payment_method),
         })
     }
 

@@ -182,6 +182,9 @@ async fn apply_charge(
         requeue(conn, intent, command).await?;
         return Ok(Fix::Requeued);
     }
+    if charge.status == ChargeStatus::Pending {
+        return Ok(Fix::Nothing); // a debit the bank has not decided yet
+    }
     let Some(outcome) = charge.outcome() else {
         // Voided at the acquirer while we still wait on it: nobody can capture it any more.
         // The state machine has no processing -> canceled edge, so this is left for an

@@ -56,6 +56,46 @@ fn scrub_pans(input: &str) -> String {
     out
 }
 
+/// Whether `input` holds what the API treats as a card number: a free-standing run (not glued
+/// to letters or digits) of 13 to 19 digits, optionally grouped by single spaces or dashes,
+/// that passes the Luhn check. Stricter than [`scrub`], which also hides typos and glued runs
+/// from logs: a request is refused only for what is very likely a real number, so ids and
+/// other values with long digit runs in them pass.
+pub fn find_pan(input: &str) -> bool {
+    let bytes = input.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let mut digits = Vec::new();
+        let mut j = i;
+        let mut end = i;
+        while j < bytes.len() {
+            if bytes[j].is_ascii_digit() {
+                digits.push(bytes[j] - b'0');
+                j += 1;
+                end = j;
+            } else if (bytes[j] == b' ' || bytes[j] == b'-')
+                && j + 1 < bytes.len()
+                && bytes[j + 1].is_ascii_digit()
+            {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        let starts_alone = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
+        let ends_alone = end >= bytes.len() || !bytes[end].is_ascii_alphanumeric();
+        if starts_alone && ends_alone && (13..=19).contains(&digits.len()) && passes_luhn(&digits) {
+            return true;
+        }
+        i = end;
+    }
+    false
+}
+
 /// Whether the run is a card number by its check digit: a 13-19 digit run that passes the Luhn
 /// check, or a longer run with such a stretch inside it (a number with digits glued on).
 fn contains_luhn_number(digits: &[u8]) -> bool {
@@ -128,6 +168,29 @@ fn utf8_len(first: u8) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_pan_sees_free_standing_luhn_numbers_only() {
+        for yes in [
+            "4242424242424242",
+            "card 4242 4242 4242 4242 here",
+            "{\"d\":\"5555-5555-5555-4444\"}",
+            "x=4000002760003184&y=1",
+        ] {
+            assert!(find_pan(yes), "{yes}");
+        }
+        for no in [
+            "4242424242424241",
+            "pi_4242424242424242abc",
+            "ab4242424242424242",
+            "{\"amount\": 1099, \"at\": \"2026-12-02T10:00:00Z\"}",
+            "000123456789",
+            "12345678901234567890123",
+            "",
+        ] {
+            assert!(!find_pan(no), "{no}");
+        }
+    }
 
     #[test]
     fn card_numbers_are_scrubbed_in_any_grouping() {

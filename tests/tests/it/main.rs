@@ -5,6 +5,7 @@ mod architecture;
 mod audit;
 mod auth;
 mod browser;
+mod card_data;
 mod chaos;
 mod deadlines;
 mod idempotency;

@@ -91,7 +91,7 @@ async fn every_bad_create_is_a_400_naming_the_field() {
         ),
         (
             with("paymentMethodId", json!("4242424242424242")),
-            "resource_missing",
+            "card_data_not_allowed",
             "paymentMethodId",
         ),
         (

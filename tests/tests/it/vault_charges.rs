@@ -250,3 +250,112 @@ async fn a_stored_card_is_captured_later_and_refunded() {
     .await;
     assert_eq!(app.acquirer_totals(&id).await, (1500, 500));
 }
+
+#[tokio::test]
+async fn bank_debits_stay_processing_until_the_acquirer_settles_them() {
+    let (app, pk) = app_with_vault().await;
+    for (account, want, code) in [
+        ("000123456789", "succeeded", None),
+        ("000111111116", "failed", Some("account_closed")),
+        ("000222222227", "failed", Some("insufficient_funds")),
+    ] {
+        let pm = stored_method(&app, &pk, bank(account)).await;
+        let id = confirm(&app, &pm, json!({"amount": 700})).await;
+        let pi = app.wait_for_status(&id, &[want], WAIT).await;
+        assert_eq!(pi["lastPaymentError"]["code"].as_str(), code, "{pi}");
+        let charges = app.sim_charges(&id).await;
+        assert_eq!(charges.len(), 1, "{charges:?}");
+        // The worker left it processing; the acquirer's notification ended it.
+        let actions = app.audit_actions(&id).await;
+        let last = actions.last().unwrap();
+        assert_eq!(last.1, "acquirer", "{actions:?}");
+        assert!(
+            !actions
+                .iter()
+                .any(|(_, actor)| actor == "worker:confirm-worker"),
+            "{actions:?}"
+        );
+        if want == "succeeded" {
+            assert_eq!(pi["amountReceived"], 700);
+        }
+    }
+    // The test bank account settles the same way.
+    let id = confirm(&app, "pm_bank_account", json!({})).await;
+    app.wait_for_status(&id, &["succeeded"], WAIT).await;
+    assert_eq!(app.audit_actions(&id).await.last().unwrap().1, "acquirer");
+}
+
+#[tokio::test]
+async fn a_vault_killed_mid_forward_charges_once_and_the_payment_completes_when_it_is_back() {
+    // Backoffs long enough that the restart comes before the retries are spent.
+    let app = paystream_tests::spawn_app_with(|c| c.retry_base = Duration::from_millis(200)).await;
+    let log = std::env::temp_dir().join(format!("{}vault.log", app.prefix));
+    let mut vault = app.start_vault_process(&log).await;
+    let _c = app.start_confirm_worker();
+    let pk = app.publishable_key().await;
+    let pm = stored_method(&app, &pk, card("4242424242424242")).await;
+    // The acquirer charges, then withholds its answer (the vault is left waiting on it), and
+    // its notification is lost: only the confirm worker's retries can finish the payment.
+    app.sim_faults(json!({"timeoutRate": 1, "notifications": {"dropRate": 1}}))
+        .await;
+    let id = confirm(&app, &pm, json!({})).await;
+    eventually(WAIT, "the forwarded authorization to charge", || async {
+        (!app.sim_charges(&id).await.is_empty()).then_some(())
+    })
+    .await;
+    vault.kill().unwrap(); // SIGKILL, mid-forward
+    vault.wait().unwrap();
+    assert_eq!(
+        app.get(&format!("/api/payment-intents/{id}")).await.body["status"],
+        "processing"
+    );
+    app.sim_faults(json!({"notifications": {"dropRate": 1}}))
+        .await;
+    let mut vault = app.start_vault_process(&log).await;
+    let pi = app.wait_for_status(&id, &["succeeded"], WAIT).await;
+    assert_eq!(pi["amountReceived"], 1099);
+    let charges = app.sim_charges(&id).await;
+    assert_eq!(charges.len(), 1, "{charges:?}");
+    assert_eq!(charges[0]["status"], "captured");
+    vault.kill().unwrap();
+    vault.wait().unwrap();
+    let _ = std::fs::remove_file(&log);
+}
+
+#[tokio::test]
+async fn a_vault_down_for_every_retry_dead_letters_the_charge_and_a_replay_completes_it() {
+    let app = spawn_app().await;
+    let log = std::env::temp_dir().join(format!("{}vault.log", app.prefix));
+    let mut vault = app.start_vault_process(&log).await;
+    let _c = app.start_confirm_worker();
+    let pk = app.publishable_key().await;
+    let pm = stored_method(&app, &pk, card("5555555555554444")).await;
+    vault.kill().unwrap();
+    vault.wait().unwrap();
+
+    let id = confirm(&app, &pm, json!({})).await;
+    let dead = eventually(WAIT, "the dead letter", || async {
+        let all = paystream_nats::dlq::list(&app.js, &app.topology)
+            .await
+            .unwrap();
+        all.into_iter()
+            .find(|d| d.object_id.as_deref() == Some(id.as_str()))
+    })
+    .await;
+    assert_eq!(dead.origin_subject, "cmd.payment.confirm");
+    let pi = app.get(&format!("/api/payment-intents/{id}")).await.body;
+    assert_eq!(pi["status"], "processing", "{pi}");
+    assert!(app.sim_charges(&id).await.is_empty());
+
+    // `paystream dlq replay` once the vault is back.
+    let mut vault = app.start_vault_process(&log).await;
+    paystream_nats::dlq::replay(&app.js, &app.topology, dead.id)
+        .await
+        .unwrap();
+    let pi = app.wait_for_status(&id, &["succeeded"], WAIT).await;
+    assert_eq!(pi["amountReceived"], 1099);
+    assert_eq!(app.sim_charges(&id).await.len(), 1);
+    vault.kill().unwrap();
+    vault.wait().unwrap();
+    let _ = std::fs::remove_file(&log);
+}

@@ -225,6 +225,13 @@ pub struct Charge {
     #[serde(default)]
     pub amount_refunded: i64,
     pub redirect_url: Option<String>,
+    /// A declined charge's reason, as the acquirer gives it (a bank's `account_closed`, say).
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub decline_code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 impl Charge {
@@ -244,9 +251,12 @@ impl Charge {
             ChargeStatus::Declined => ChargeOutcome::Declined {
                 charge_id: Some(charge_id),
                 error: PaymentError {
-                    code: "card_declined".into(),
-                    decline_code: None,
-                    message: "The acquirer declined the payment".into(),
+                    code: self.code.clone().unwrap_or_else(|| "card_declined".into()),
+                    decline_code: self.decline_code.clone(),
+                    message: self
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| "The acquirer declined the payment".into()),
                 },
             },
             ChargeStatus::RequiresAction => ChargeOutcome::RequiresAction {
@@ -412,6 +422,9 @@ mod tests {
             amount_captured: 600,
             amount_refunded: 100,
             redirect_url: Some("https://acq.test/3ds/ch_1".into()),
+            code: None,
+            decline_code: None,
+            message: None,
         };
         assert_eq!(
             charge(ChargeStatus::Captured).outcome(),
