@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::domain::fees::{self, FeeSchedule};
+use crate::domain::money::Amount;
 use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,12 @@ pub struct Config {
     /// unset, it serves nothing and only logs its counters. `paystream up` gives each worker
     /// one and waits on it before printing READY.
     pub health_addr: Option<SocketAddr>,
+    /// What a captured payment costs the merchant (`PAYSTREAM_FEE_PERCENT_BPS`,
+    /// `PAYSTREAM_FEE_FIXED`; 290 bps + 30 minor units). `domain::fees` says what a minor unit
+    /// is for each currency.
+    pub fees: FeeSchedule,
+    /// What a lost dispute costs the merchant, in minor units (`PAYSTREAM_DISPUTE_FEE`, 1500).
+    pub dispute_fee: Amount,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/paystream";
@@ -308,6 +316,22 @@ impl Config {
             }
         };
 
+        let fees = fee_schedule_from(&lookup)?;
+        let dispute_raw = get(
+            "PAYSTREAM_DISPUTE_FEE",
+            &fees::DEFAULT_DISPUTE_FEE.to_string(),
+        );
+        let dispute_fee = dispute_raw
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v >= 0)
+            .map(Amount::from_stored)
+            .ok_or_else(|| ConfigError {
+                var: "PAYSTREAM_DISPUTE_FEE",
+                value: dispute_raw.clone(),
+                reason: "must be a whole, non-negative number of minor units".into(),
+            })?;
+
         Ok(Config {
             environment,
             database_url: Secret::new(database_url),
@@ -334,8 +358,49 @@ impl Config {
             db_pool_size,
             rate_limit_per_sec,
             health_addr,
+            fees,
+            dispute_fee,
         })
     }
+}
+
+/// The fee schedule from `PAYSTREAM_FEE_PERCENT_BPS` (0..=10000, default 290) and
+/// `PAYSTREAM_FEE_FIXED` (minor units, default 30). Also read by `ledger::fee_schedule`, so a
+/// process that never installed its `Config`'s schedule still charges the configured one.
+pub fn fee_schedule_from(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<FeeSchedule, ConfigError> {
+    let get = |var: &'static str, default: String| -> String {
+        lookup(var).filter(|v| !v.is_empty()).unwrap_or(default)
+    };
+    let bps_raw = get(
+        "PAYSTREAM_FEE_PERCENT_BPS",
+        fees::DEFAULT_PERCENT_BPS.to_string(),
+    );
+    let bps = bps_raw
+        .parse::<u32>()
+        .ok()
+        .filter(|v| i64::from(*v) <= fees::BPS_PER_WHOLE)
+        .ok_or_else(|| ConfigError {
+            var: "PAYSTREAM_FEE_PERCENT_BPS",
+            value: bps_raw.clone(),
+            reason: "must be a whole number of basis points from 0 to 10000".into(),
+        })?;
+    let fixed_raw = get("PAYSTREAM_FEE_FIXED", fees::DEFAULT_FIXED.to_string());
+    let fixed = fixed_raw
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 0)
+        .ok_or_else(|| ConfigError {
+            var: "PAYSTREAM_FEE_FIXED",
+            value: fixed_raw.clone(),
+            reason: "must be a whole, non-negative number of minor units".into(),
+        })?;
+    FeeSchedule::new(bps, fixed).map_err(|e| ConfigError {
+        var: "PAYSTREAM_FEE_PERCENT_BPS",
+        value: bps_raw,
+        reason: e.message,
+    })
 }
 
 /// The webhook secret key: base64 of exactly 32 bytes. The error never shows the value.

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod commands;
 pub mod config;
 pub mod db;
+pub mod ledger;
 pub mod outbox;
 pub mod retry;
 pub mod shutdown;

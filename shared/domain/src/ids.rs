@@ -18,6 +18,11 @@ pub enum IdKind {
     WebhookDelivery,
     Dispute,
     Audit,
+    /// A merchant-facing balance transaction.
+    BalanceTransaction,
+    /// A double-entry ledger transaction (internal; never shown to merchants).
+    LedgerTransaction,
+    Payout,
 }
 
 impl IdKind {
@@ -33,6 +38,9 @@ impl IdKind {
             IdKind::WebhookDelivery => "wd_",
             IdKind::Dispute => "dp_",
             IdKind::Audit => "aud_",
+            IdKind::BalanceTransaction => "txn_",
+            IdKind::LedgerTransaction => "ltx_",
+            IdKind::Payout => "po_",
         }
     }
 
@@ -101,6 +109,9 @@ mod tests {
             IdKind::WebhookDelivery,
             IdKind::Dispute,
             IdKind::Audit,
+            IdKind::BalanceTransaction,
+            IdKind::LedgerTransaction,
+            IdKind::Payout,
         ];
         let mut prefixes: Vec<_> = kinds.iter().map(|k| k.prefix()).collect();
         prefixes.sort_unstable();

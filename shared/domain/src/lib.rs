@@ -2,7 +2,9 @@
 //! Nothing in here knows about HTTP, NATS or SQL.
 #![forbid(unsafe_code)]
 
+pub mod fees;
 pub mod ids;
+pub mod ledger;
 pub mod money;
 pub mod outcome;
 pub mod payment_intent;

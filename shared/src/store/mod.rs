@@ -3,10 +3,12 @@
 //! the audit entry and the outbox rows in the caller's transaction.
 
 pub mod audit_log;
+pub mod balance_transactions;
 pub mod change;
 pub mod events;
 pub mod idempotency_keys;
 pub mod intent_deadlines;
+pub mod ledger;
 pub mod merchants;
 pub mod outbox;
 mod pages;

@@ -386,13 +386,26 @@ pub async fn transition_queueing(
         .bind(next.amount_to_capture.map(Amount::minor_units))
         .bind(next.void_confirmed_at)
         .bind(current.version);
-    if !change::apply(conn, query).await? {
-        return Err(StoreError::Conflict {
-            object: "payment_intent",
-            id: current.id.clone(),
-            expected: current.status.to_string(),
-        });
+    let conflict = || StoreError::Conflict {
+        object: "payment_intent",
+        id: current.id.clone(),
+        expected: current.status.to_string(),
+    };
+    if to != PaymentIntentStatus::Succeeded {
+        return match change::apply(conn, query).await? {
+            true => Ok(next),
+            false => Err(conflict()),
+        };
     }
+    // A capture moves money, so the intent's move to `succeeded` and its ledger posting commit
+    // together or not at all (ARCHITECTURE.md, "The ledger"). A caller outside a transaction
+    // gets one here; inside one, this is a savepoint.
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    if !change::apply(&mut tx, query).await? {
+        return Err(conflict());
+    }
+    crate::ledger::post_charge(&mut tx, &next).await?;
+    tx.commit().await?;
     Ok(next)
 }
 

@@ -293,6 +293,7 @@ pub async fn settle(
     outbox::record_event(&mut *conn, &next.merchant_id, event, &next.id, after).await?;
     if to == RefundStatus::Succeeded {
         payment_intents::apply_refund(conn, &intent, next.amount, actor).await?;
+        crate::ledger::post_refund(conn, &next).await?;
     }
     Ok(Some(next))
 }
