@@ -51,6 +51,9 @@ pub struct SettlementFaults {
     pub extra_per_million: u32,
     /// Share of lines written twice.
     pub duplicate_per_million: u32,
+    /// Share of reports that end in a line no reader can parse (a report cut off), beyond
+    /// CONTRACT.md's list, so a test can see a malformed report refused as a whole.
+    pub malformed_per_million: u32,
 }
 
 /// Settings for the notifications the simulator sends back to paystream; the notification
@@ -88,6 +91,7 @@ struct SettlementBody {
     fee_skew_rate: Option<Number>,
     extra_rate: Option<Number>,
     duplicate_rate: Option<Number>,
+    malformed_rate: Option<Number>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +145,7 @@ impl FaultsBody {
                 fee_skew_per_million: rate(settlement.fee_skew_rate, "settlement.feeSkewRate")?,
                 extra_per_million: rate(settlement.extra_rate, "settlement.extraRate")?,
                 duplicate_per_million: rate(settlement.duplicate_rate, "settlement.duplicateRate")?,
+                malformed_per_million: rate(settlement.malformed_rate, "settlement.malformedRate")?,
             },
             refund_settlement_ms,
             refund_failure_per_million: rate(self.refund_failure_rate, "refundFailureRate")?,
@@ -282,6 +287,7 @@ mod tests {
                     fee_skew_per_million: 250_000,
                     extra_per_million: 125_000,
                     duplicate_per_million: PER_MILLION,
+                    malformed_per_million: 0,
                 },
             }
         );

@@ -107,7 +107,6 @@ mod books;
 mod cards;
 mod challenge;
 mod faults;
-mod fees_provisional;
 mod ledger;
 mod metrics;
 mod notify;
@@ -132,7 +131,7 @@ pub use notify::{signature_header, SIGNATURE_HEADER};
 use paystream_domain::secret::Secret;
 pub use settlement::REPORT_HEADER;
 
-use crate::fees_provisional::FeeSchedule;
+use paystream_domain::fees::FeeSchedule;
 
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;

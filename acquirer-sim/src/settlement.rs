@@ -18,9 +18,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::fees_provisional::FeeSchedule;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use paystream_domain::fees::FeeSchedule;
 use paystream_domain::money::{Amount, Currency};
+pub use paystream_domain::settlement::{LineType, REPORT_HEADER};
 use poem::http::StatusCode;
 use poem::web::{Data, Path, Query};
 use poem::{handler, Response};
@@ -35,45 +36,11 @@ use crate::faults::{roll, SettlementFaults};
 use crate::ledger::{ChargeStatus, Ledger, RefundStatus};
 use crate::Sim;
 
-/// The report's header row, in this order.
-pub const REPORT_HEADER: [&str; 9] = [
-    "payout_id",
-    "type",
-    "reference",
-    "acquirer_id",
-    "currency",
-    "gross",
-    "fee",
-    "net",
-    "created_at",
-];
-
 /// How many payouts one `GET /v1/payouts` answers at most.
 const MAX_PAGE: usize = 100;
 
 /// A payout arrives at the bank two days after the acquirer settles (T+2).
 const ARRIVAL_DAYS: i64 = 2;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LineType {
-    Charge,
-    Refund,
-    /// Funds withdrawn for a dispute (negative), from the disputes to come.
-    Chargeback,
-    /// Funds returned when a dispute is won (positive).
-    ChargebackReversal,
-}
-
-impl LineType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LineType::Charge => "charge",
-            LineType::Refund => "refund",
-            LineType::Chargeback => "chargeback",
-            LineType::ChargebackReversal => "chargeback_reversal",
-        }
-    }
-}
 
 /// One line of a report as published (possibly corrupted by a fault).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +66,8 @@ pub struct Payout {
     pub lines: Vec<ReportLine>,
     pub arrival_date: NaiveDate,
     pub created_at: DateTime<Utc>,
+    /// The report ends in a line no reader can parse (the `malformedRate` fault).
+    pub garbled: bool,
 }
 
 impl Payout {
@@ -115,7 +84,10 @@ impl Payout {
 
     /// The report as CSV with its header row.
     pub fn report_csv(&self) -> Result<Vec<u8>, csv::Error> {
-        let mut out = csv::Writer::from_writer(Vec::with_capacity(64 + self.lines.len() * 128));
+        // Flexible only so the malformed fault can write its short line.
+        let mut out = csv::WriterBuilder::new()
+            .flexible(true)
+            .from_writer(Vec::with_capacity(64 + self.lines.len() * 128));
         out.write_record(REPORT_HEADER)?;
         for line in &self.lines {
             out.write_record([
@@ -131,6 +103,9 @@ impl Payout {
                     .created_at
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             ])?;
+        }
+        if self.garbled {
+            out.write_record([self.id.as_str(), "charge", "cut off"])?;
         }
         out.into_inner().map_err(|e| e.into_error().into())
     }
@@ -264,6 +239,7 @@ impl Sim {
                 lines,
                 arrival_date: (now + TimeDelta::days(ARRIVAL_DAYS)).date_naive(),
                 created_at: now,
+                garbled: roll(&mut rng, faults.malformed_per_million),
             };
             tracing::info!(payout = %payout.id, currency, lines = payout.lines.len(), amount = payout.amount, "settled");
             ledger.insert_payout(payout.clone());
@@ -420,6 +396,7 @@ mod tests {
             lines: vec![line("pi_a,\"b\"")],
             arrival_date: NaiveDate::from_ymd_opt(2026, 1, 3).unwrap(),
             created_at: Utc::now(),
+            garbled: false,
         };
         let text = String::from_utf8(payout.report_csv().unwrap()).unwrap();
         let mut rows = text.lines();
@@ -431,6 +408,12 @@ mod tests {
         );
         assert!(row.contains(",usd,1000,59,941,"), "{row}");
         assert_eq!(rows.next(), None);
+        let garbled = Payout {
+            garbled: true,
+            ..payout
+        };
+        let text = String::from_utf8(garbled.report_csv().unwrap()).unwrap();
+        assert_eq!(text.lines().last(), Some("apo_1,charge,cut off"));
         assert_eq!(LineType::Chargeback.as_str(), "chargeback");
         assert_eq!(LineType::ChargebackReversal.as_str(), "chargeback_reversal");
         assert_eq!(LineType::Refund.as_str(), "refund");
