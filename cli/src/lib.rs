@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_webhooks;
 pub mod dlq;
 pub mod listen;
+pub mod settlement;
 pub mod up;
 
 use std::process::ExitCode;
@@ -50,6 +51,11 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Look at what settlement reconciliation found.
+    Settlement {
+        #[command(subcommand)]
+        command: settlement::SettlementCommand,
     },
     /// Operate the vault.
     Vault {
@@ -135,6 +141,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Verify { json },
         } => audit_verify(&config, json).await,
+        Command::Settlement { command } => settlement::run(&config, command).await,
         Command::Vault {
             command:
                 VaultCommand::RotateKek {

@@ -16,7 +16,7 @@
 //! settles once, a discrepancy has a unique key, a payout posts once), so fetching or
 //! processing a report twice changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -335,6 +335,9 @@ fn parse_stream(resp: reqwest::Response, payout_id: String) -> mpsc::Receiver<Ch
 /// A merchant's part of the payout while the report is applied.
 struct Part {
     payout_id: String,
+    /// Made by this run (not found from an earlier run that committed): only then is it
+    /// announced.
+    new: bool,
     amount: i64,
     lines: i64,
     matched: i64,
@@ -345,6 +348,11 @@ struct Applier<'r> {
     report: &'r SettlementReport,
     parts: HashMap<String, Part>,
     discrepancies: u64,
+    /// The balance transactions this run settled: a line naming one again is a repeat within
+    /// the report, while one settled into this payout by an earlier, committed run is this same
+    /// line processed again, which changes nothing. One id per settled line, so it grows with
+    /// the report, never with the merchant's history.
+    settled_here: HashSet<String>,
 }
 
 impl Applier<'_> {
@@ -354,7 +362,7 @@ impl Applier<'_> {
         merchant_id: &str,
     ) -> Result<&'a mut Part, SettlementError> {
         if !self.parts.contains_key(merchant_id) {
-            let payout = payouts::open(
+            let (payout, new) = payouts::open(
                 conn,
                 merchant_id,
                 &self.report.acquirer_payout_id,
@@ -366,6 +374,7 @@ impl Applier<'_> {
                 merchant_id.to_owned(),
                 Part {
                     payout_id: payout.id,
+                    new,
                     amount: 0,
                     lines: 0,
                     matched: 0,
@@ -401,11 +410,13 @@ impl Applier<'_> {
             expected: finding.expected,
             actual: finding.actual,
         };
-        if discrepancies::file(conn, &new, &ACTOR).await?.is_some() {
+        let filed = discrepancies::file(conn, &new, &ACTOR).await?.is_some();
+        // The payout counts what its report shows, filed now or by an earlier run.
+        if let Some(m) = merchant_id {
+            self.part(conn, m).await?.discrepancies += 1;
+        }
+        if filed {
             self.discrepancies += 1;
-            if let Some(m) = merchant_id {
-                self.part(conn, m).await?.discrepancies += 1;
-            }
             if merchant_id.is_none() {
                 tracing::warn!(
                     alert = "settlement_line_unattributed",
@@ -438,7 +449,26 @@ impl Applier<'_> {
             };
             let merchant = found.merchant_id.as_deref();
             if let Some(m) = merchant {
-                self.part(conn, m).await?.lines += 1;
+                let part = self.part(conn, m).await?;
+                part.lines += 1;
+                let again = found.settled_in.as_deref() == Some(part.payout_id.as_str())
+                    && found
+                        .balance_transaction_id
+                        .as_ref()
+                        .is_some_and(|bt| !self.settled_here.contains(bt));
+                if again {
+                    // Settled by this line when the report was applied before; its
+                    // discrepancies, if any, were filed then under the same keys.
+                    if let Some(bt) = &found.balance_transaction_id {
+                        self.settled_here.insert(bt.clone());
+                    }
+                    let part = self.part(conn, m).await?;
+                    if let Some(booked) = &found.booked {
+                        part.amount += booked.amount - booked.fee;
+                    }
+                    part.matched += 1;
+                    continue;
+                }
             }
             match compare(line, found.booked.as_ref()) {
                 Verdict::Flag(finding) => {
@@ -466,6 +496,7 @@ impl Applier<'_> {
                             .await?;
                         continue;
                     }
+                    self.settled_here.insert(bt.to_owned());
                     let clean = findings.is_empty();
                     {
                         let part = self.part(conn, m).await?;
@@ -551,6 +582,9 @@ impl Applier<'_> {
             if part.amount != 0 {
                 ledger::post_payout(conn, &merchant_id, currency, &payout.id, part.amount).await?;
             }
+            if !part.new {
+                continue;
+            }
             let view = serde_json::to_value(payout.view())
                 .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
             audit::append(
@@ -592,6 +626,7 @@ pub async fn apply(
         report,
         parts: HashMap::new(),
         discrepancies: 0,
+        settled_here: HashSet::new(),
     };
     let mut lines = 0;
     while let Some(chunk) = chunks.recv().await {

@@ -49,15 +49,15 @@ const COLUMNS: &str = "id, merchant_id, acquirer_payout_id, currency, amount, ar
     status, reconciliation_status, lines, matched, discrepancies, created_at";
 
 /// The merchant's payout for an acquirer payout, made when its first line is applied; the
-/// same row when it already exists.
+/// same row when it already exists, with `false`.
 pub async fn open(
     conn: &mut PgConnection,
     merchant_id: &str,
     acquirer_payout_id: &str,
     currency: &str,
     arrival_date: NaiveDate,
-) -> Result<Payout, StoreError> {
-    sqlx::query(
+) -> Result<(Payout, bool), StoreError> {
+    let made = sqlx::query(
         "INSERT INTO payouts (id, merchant_id, acquirer_payout_id, currency, amount, arrival_date,
             status, reconciliation_status, lines, matched, discrepancies, created_at)
          VALUES ($1, $2, $3, $4, 0, $5, 'paid', 'matched', 0, 0, 0, $6)
@@ -70,14 +70,17 @@ pub async fn open(
     .bind(arrival_date)
     .bind(crate::domain::now())
     .execute(&mut *conn)
-    .await?;
-    Ok(sqlx::query_as(&format!(
+    .await?
+    .rows_affected()
+        == 1;
+    let payout = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM payouts WHERE acquirer_payout_id = $1 AND merchant_id = $2"
     ))
     .bind(acquirer_payout_id)
     .bind(merchant_id)
     .fetch_one(conn)
-    .await?)
+    .await?;
+    Ok((payout, made))
 }
 
 /// Writes a payout's totals once its report has been applied.

@@ -142,6 +142,8 @@ pub struct BookedLine {
     /// Whose object the reference names; `None` when it names nothing of ours.
     pub merchant_id: Option<String>,
     pub balance_transaction_id: Option<String>,
+    /// The payout that settled the balance transaction, when one has.
+    pub settled_in: Option<String>,
     pub booked: Option<Booked>,
 }
 
@@ -154,6 +156,7 @@ struct BookedRow {
     fee: Option<i64>,
     currency: Option<String>,
     status: Option<String>,
+    payout_id: Option<String>,
     acquirer_id: Option<String>,
 }
 
@@ -169,11 +172,11 @@ pub async fn booked_for(
     let categories: Vec<&str> = lines.iter().map(|(_, c)| *c).collect();
     let rows: Vec<BookedRow> = sqlx::query_as(
         "SELECT l.ord, COALESCE(bt.merchant_id, pi.merchant_id, r.merchant_id) AS merchant_id,
-                bt.id AS bt_id, bt.amount, bt.fee, bt.currency, bt.status,
+                bt.id AS bt_id, bt.amount, bt.fee, bt.currency, bt.status, bt.payout_id,
                 COALESCE(pi.acquirer_charge_id, r.acquirer_refund_id) AS acquirer_id
          FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS l(reference, category, ord)
          LEFT JOIN LATERAL (
-             SELECT b.id, b.merchant_id, b.amount, b.fee, b.currency, b.status
+             SELECT b.id, b.merchant_id, b.amount, b.fee, b.currency, b.status, b.payout_id
              FROM balance_transactions b
              WHERE b.source = l.reference AND b.reporting_category = l.category
              ORDER BY b.created_at LIMIT 1
@@ -205,6 +208,7 @@ pub async fn booked_for(
         out.push(BookedLine {
             merchant_id: row.merchant_id,
             balance_transaction_id: row.bt_id,
+            settled_in: row.payout_id,
             booked,
         });
     }

@@ -15,6 +15,7 @@ mod payment_methods;
 mod pipeline;
 mod provider;
 mod reconcile;
+mod settlement;
 mod refunds;
 mod request_path;
 mod three_ds;
