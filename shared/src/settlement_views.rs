@@ -51,6 +51,7 @@ pub struct SettlementDiscrepancyView {
     pub id: String,
     /// The payout whose report showed it (for `missing_in_report`, the first report of the
     /// merchant's currency that should have held the charge and did not).
+    #[cfg_attr(feature = "openapi", oai(nullable))]
     pub payout_id: Option<String>,
     /// `missing_in_report`, `unknown_in_report`, `amount_mismatch`, `fee_mismatch`,
     /// `currency_mismatch` or `duplicate_in_report`.

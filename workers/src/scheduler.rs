@@ -21,8 +21,8 @@ use paystream_shared::config::Config;
 use crate::acquirer::Acquirer;
 use crate::deadlines::{self, DeadlineError};
 use crate::reconcile;
-use crate::settlement::{self, SettlementClient};
 use crate::runtime::{WorkerError, WorkerProcess};
+use crate::settlement::{self, SettlementClient};
 
 /// The advisory lock key that names the scheduler's leadership ("paystrm" in ASCII).
 pub const LEADER_LOCK: i64 = 0x0070_6179_7374_726d;

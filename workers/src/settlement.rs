@@ -169,10 +169,7 @@ pub struct RoundReport {
 
 /// Records every payout the acquirer published since the newest we know (from the start when
 /// it does not know that one: recording is keyed, so nothing doubles).
-pub async fn fetch_new(
-    pool: &PgPool,
-    client: &SettlementClient,
-) -> Result<u64, SettlementError> {
+pub async fn fetch_new(pool: &PgPool, client: &SettlementClient) -> Result<u64, SettlementError> {
     let mut cursor = reports::newest(pool).await?;
     let mut fetched = 0;
     loop {
@@ -441,11 +438,7 @@ impl Applier<'_> {
         let booked = reports::booked_for(conn, &keys).await?;
         for ((n, line), found) in lines.iter().zip(booked) {
             let key = |kind: DiscrepancyKind| {
-                format!(
-                    "{}:{}:{n}",
-                    kind.as_str(),
-                    self.report.acquirer_payout_id
-                )
+                format!("{}:{}:{n}", kind.as_str(), self.report.acquirer_payout_id)
             };
             let merchant = found.merchant_id.as_deref();
             if let Some(m) = merchant {
@@ -541,7 +534,11 @@ impl Applier<'_> {
                     expected: Some(unsettled.amount.to_string()),
                     actual: None,
                 };
-                let payout_id = self.part(conn, &unsettled.merchant_id).await?.payout_id.clone();
+                let payout_id = self
+                    .part(conn, &unsettled.merchant_id)
+                    .await?
+                    .payout_id
+                    .clone();
                 let new = NewDiscrepancy {
                     key: new_key,
                     kind: finding.kind,
@@ -643,7 +640,12 @@ pub async fn apply(
     applier.sweep_missing(&mut tx, window).await?;
     let discrepancies = applier.discrepancies;
     applier.finish(&mut tx).await?;
-    reports::mark_reconciled(&mut tx, &report.acquirer_payout_id, i64::try_from(lines).unwrap_or(i64::MAX)).await?;
+    reports::mark_reconciled(
+        &mut tx,
+        &report.acquirer_payout_id,
+        i64::try_from(lines).unwrap_or(i64::MAX),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(acquirer_payout = %report.acquirer_payout_id, lines, discrepancies, "settlement report reconciled");
     Ok(Some(Applied {

@@ -111,8 +111,13 @@ impl SettlementApi {
                 return Err(unknown_cursor("payout").into());
             }
         }
-        let rows = payouts::list(&state.pool, merchant, starting_after.0.as_deref(), limit + 1)
-            .await?;
+        let rows = payouts::list(
+            &state.pool,
+            merchant,
+            starting_after.0.as_deref(),
+            limit + 1,
+        )
+        .await?;
         let (rows, has_more) = page(rows, limit);
         Ok(PayoutListResponse::Ok(SerdeJson(PayoutList {
             data: rows.iter().map(payouts::Payout::view).collect(),

@@ -136,14 +136,16 @@ async fn a_clean_settlement_moves_pending_to_available_and_pays_it_out() {
 
     // Every movement shows settled in the payout.
     for source in [&a, &b, &re] {
-        let (status, payout_id): (String, Option<String>) = sqlx::query_as(
-            "SELECT status, payout_id FROM balance_transactions WHERE source = $1",
-        )
-        .bind(source)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        assert_eq!((status.as_str(), payout_id.as_deref()), ("available", Some(po.as_str())));
+        let (status, payout_id): (String, Option<String>) =
+            sqlx::query_as("SELECT status, payout_id FROM balance_transactions WHERE source = $1")
+                .bind(source)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            (status.as_str(), payout_id.as_deref()),
+            ("available", Some(po.as_str()))
+        );
     }
 
     // Fetching again changes nothing; so does applying the same report a second time, even
@@ -163,7 +165,9 @@ async fn a_clean_settlement_moves_pending_to_available_and_pays_it_out() {
     verify(&app).await;
 
     // Another merchant sees none of it.
-    let other = app.other_merchant("globex", paystream_shared::store::merchants::Role::Admin).await;
+    let other = app
+        .other_merchant("globex", paystream_shared::store::merchants::Role::Admin)
+        .await;
     let theirs = app.get_as(&other, "/api/payouts").await;
     assert_eq!(theirs.body["data"], json!([]));
     app.get_as(&other, &format!("/api/payouts/{po}"))
@@ -189,7 +193,11 @@ async fn each_report_fault_is_flagged_as_its_own_kind_once() {
         app.sim_faults(json!({})).await;
         let before = events(&app, "settlement.discrepancy_found").await;
         let r = round(&app, DEFAULT_WINDOW).await;
-        assert_eq!((r.reports_reconciled, r.discrepancies), (1, 1), "{kind}: {r:?}");
+        assert_eq!(
+            (r.reports_reconciled, r.discrepancies),
+            (1, 1),
+            "{kind}: {r:?}"
+        );
         let all = discrepancies(&app).await;
         assert_eq!(all.len(), seen + 1, "{kind}: {all:?}");
         assert_eq!(all[seen], (kind.to_owned(), Some(pi.clone())), "{kind}");
@@ -215,20 +223,35 @@ async fn each_report_fault_is_flagged_as_its_own_kind_once() {
     assert_eq!(first["kind"], "duplicate_in_report");
     let payout_id = first["payoutId"].as_str().unwrap().to_owned();
     let by_payout = app
-        .get(&format!("/api/settlement/discrepancies?payoutId={payout_id}"))
+        .get(&format!(
+            "/api/settlement/discrepancies?payoutId={payout_id}"
+        ))
         .await;
     assert_eq!(by_payout.body["data"].as_array().unwrap().len(), 1);
-    let amount = data.iter().find(|d| d["kind"] == "amount_mismatch").unwrap();
-    assert_eq!((amount["expected"].as_str(), amount["actual"].as_str()), (Some("1000"), Some("1001")));
+    let amount = data
+        .iter()
+        .find(|d| d["kind"] == "amount_mismatch")
+        .unwrap();
+    assert_eq!(
+        (amount["expected"].as_str(), amount["actual"].as_str()),
+        (Some("1000"), Some("1001"))
+    );
 
     // Resolving: audited with the actor, once.
     let id = first["id"].as_str().unwrap();
     let path = format!("/api/settlement/discrepancies/{id}/resolve");
-    app.post(&path, json!({})).await.assert_error(400, "parameter_missing");
-    let resolved = app.post(&path, json!({"note": "acquirer confirmed the repeat"})).await;
+    app.post(&path, json!({}))
+        .await
+        .assert_error(400, "parameter_missing");
+    let resolved = app
+        .post(&path, json!({"note": "acquirer confirmed the repeat"}))
+        .await;
     assert_eq!(resolved.status, StatusCode::OK, "{}", resolved.text);
     assert_eq!(resolved.body["status"], "resolved");
-    assert_eq!(resolved.body["resolutionNote"], "acquirer confirmed the repeat");
+    assert_eq!(
+        resolved.body["resolutionNote"],
+        "acquirer confirmed the repeat"
+    );
     app.post(&path, json!({"note": "again"}))
         .await
         .assert_error(409, "invalid_state_transition");
@@ -252,11 +275,17 @@ async fn each_report_fault_is_flagged_as_its_own_kind_once() {
         .env("DATABASE_URL", &app.db.url)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     let listed = listed["data"].as_array().unwrap();
     assert_eq!(listed.len(), 3);
-    assert!(listed.iter().all(|d| d["status"] == "open" && d["merchantId"] == app.merchant_id.as_str()));
+    assert!(listed
+        .iter()
+        .all(|d| d["status"] == "open" && d["merchantId"] == app.merchant_id.as_str()));
     let out = std::process::Command::new(paystream_tests::binary("paystream"))
         .args(["settlement", "discrepancies", "--all"])
         .env("DATABASE_URL", &app.db.url)
@@ -264,9 +293,14 @@ async fn each_report_fault_is_flagged_as_its_own_kind_once() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 4, "{text}");
-    assert!(text.contains("duplicate_in_report") && text.contains("resolved"), "{text}");
+    assert!(
+        text.contains("duplicate_in_report") && text.contains("resolved"),
+        "{text}"
+    );
 
-    let other = app.other_merchant("globex", paystream_shared::store::merchants::Role::Admin).await;
+    let other = app
+        .other_merchant("globex", paystream_shared::store::merchants::Role::Admin)
+        .await;
     let theirs = app.get_as(&other, "/api/settlement/discrepancies").await;
     assert_eq!(theirs.body["data"], json!([]));
     let r = app
@@ -476,4 +510,42 @@ fn peak_rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+#[tokio::test]
+async fn a_cursor_the_acquirer_forgot_lists_from_the_start_and_a_lost_report_is_retried() {
+    let app = spawn_app().await;
+    let _confirm = app.start_confirm_worker();
+    // A payout we recorded that the acquirer no longer knows (it was reset, say).
+    paystream_shared::store::settlement_reports::record(
+        &app.pool,
+        "apo_forgotten",
+        "usd",
+        0,
+        chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    app.succeeded_intent(1000).await;
+    settle_at_sim(&app).await;
+    let r = round(&app, DEFAULT_WINDOW).await;
+    assert_eq!(r.payouts_fetched, 1, "{r:?}");
+    assert_eq!((r.reports_reconciled, r.reports_failed), (1, 1), "{r:?}");
+    // Its report cannot be fetched: it stays pending, not failed (nothing says it is
+    // malformed), and is asked for again next round.
+    let forgotten = paystream_shared::store::settlement_reports::get(&app.pool, "apo_forgotten")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(forgotten.status, "pending");
+    assert_eq!(round(&app, DEFAULT_WINDOW).await.reports_failed, 1);
+    assert_eq!(balance(&app).await, (0, 0));
+
+    // An acquirer that answers nonsense is an error of the round, never a panic.
+    let broken = SettlementClient::new("http://127.0.0.1:1", Duration::from_millis(200)).unwrap();
+    assert!(settlement::run_once(&app.pool, &broken, DEFAULT_WINDOW)
+        .await
+        .is_err());
+    assert!(SettlementClient::new("not a url", Duration::from_secs(1)).is_err());
 }
