@@ -45,6 +45,7 @@ pub type Apis = (
     routes::payment_methods::PaymentMethodsApi,
     routes::three_ds::ThreeDsApi,
     routes::refunds::RefundsApi,
+    routes::balance::BalanceApi,
     routes::settlement::SettlementApi,
     routes::webhooks::WebhooksApi,
     routes::webhooks::EventsApi,
@@ -58,6 +59,7 @@ fn apis() -> Apis {
         routes::payment_methods::PaymentMethodsApi,
         routes::three_ds::ThreeDsApi,
         routes::refunds::RefundsApi,
+        routes::balance::BalanceApi,
         routes::settlement::SettlementApi,
         routes::webhooks::WebhooksApi,
         routes::webhooks::EventsApi,
@@ -166,6 +168,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The 3-D Secure callback can capture a payment: its fee by this configuration.
+    paystream_shared::ledger::install_fee_schedule(config.fees);
     let url = config.database_url.expose().clone();
     paystream_shared::db::ensure_database(&url).await?;
     let pool = paystream_shared::db::connect(&url, config.db_pool_size).await?;

@@ -1,4 +1,4 @@
-//! The operator's command: `up`, `migrate`, `keys`, `audit verify` (and, as the pipeline lands,
+//! The operator's command: `up`, `migrate`, `keys`, `audit verify`, `ledger verify` (and, as the pipeline lands,
 //! `dlq` and `bench`). Output is for people by default and JSON with `--json`.
 #![forbid(unsafe_code)]
 
@@ -51,6 +51,11 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Check the double-entry ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
     },
     /// Look at what settlement reconciliation found.
     Settlement {
@@ -107,6 +112,17 @@ pub enum AuditCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Check that every ledger transaction balances, every account's balance equals the sum of
+    /// its entries, and the ledger matches the intents and refunds; exit 1 naming the first
+    /// violation.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 async fn database(config: &Config) -> anyhow::Result<sqlx::PgPool> {
     let url = config.database_url.expose();
     paystream_shared::db::ensure_database(url).await?;
@@ -141,6 +157,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Verify { json },
         } => audit_verify(&config, json).await,
+        Command::Ledger {
+            command: LedgerCommand::Verify { json },
+        } => ledger_verify(&config, json).await,
         Command::Settlement { command } => settlement::run(&config, command).await,
         Command::Vault {
             command:
@@ -229,6 +248,42 @@ async fn rotate_kek(
         .with_context(|| format!("rotating the KEK through the vault at {url}"))?;
     println!("done: {total} data keys re-wrapped; every data key is wrapped by the current KEK");
     Ok(ExitCode::SUCCESS)
+}
+
+async fn ledger_verify(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let pool = database(config)
+        .await
+        .context("connecting to the database")?;
+    // One snapshot for every check, so postings committed while it runs cannot make a
+    // balance and its entries look apart.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let transactions: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_transactions")
+        .fetch_one(&mut *tx)
+        .await?;
+    let verdict = paystream_shared::ledger::verify(&mut tx).await?;
+    tx.rollback().await?;
+    match (&verdict, json) {
+        (_, true) => println!(
+            "{}",
+            serde_json::json!({
+                "transactions": transactions,
+                "ok": verdict.is_ok(),
+                "firstViolation": verdict.as_ref().err().map(ToString::to_string),
+            })
+        ),
+        (Ok(()), false) => println!(
+            "ledger balanced: {transactions} transactions verified; every account equals its entries and matches the intents and refunds"
+        ),
+        (Err(v), false) => println!("ledger BROKEN: {v}"),
+    }
+    Ok(if verdict.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn audit_verify(config: &Config, json: bool) -> anyhow::Result<ExitCode> {

@@ -467,6 +467,37 @@ mod tests {
     const OWN_KEY: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
 
     #[test]
+    fn the_fee_schedule_has_documented_defaults_and_refuses_nonsense() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(
+            (c.fees.percent_bps(), c.fees.fixed().minor_units()),
+            (290, 30)
+        );
+        assert_eq!(c.dispute_fee.minor_units(), 1500);
+        let c = cfg(&[
+            ("PAYSTREAM_FEE_PERCENT_BPS", "150"),
+            ("PAYSTREAM_FEE_FIXED", "0"),
+            ("PAYSTREAM_DISPUTE_FEE", "2000"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.fees.percent_bps(), c.fees.fixed().minor_units()),
+            (150, 0)
+        );
+        assert_eq!(c.dispute_fee.minor_units(), 2000);
+        for (var, value) in [
+            ("PAYSTREAM_FEE_PERCENT_BPS", "10001"),
+            ("PAYSTREAM_FEE_PERCENT_BPS", "2.9"),
+            ("PAYSTREAM_FEE_FIXED", "-1"),
+            ("PAYSTREAM_FEE_FIXED", "0.30"),
+            ("PAYSTREAM_DISPUTE_FEE", "-5"),
+        ] {
+            let err = cfg(&[(var, value)]).unwrap_err();
+            assert_eq!(err.var, var, "{value}");
+        }
+    }
+
+    #[test]
     fn development_secrets_are_refused_outside_development() {
         // Unset PAYSTREAM_ENV is production: each missing secret stops start-up, by name.
         let err = production(&[("PAYSTREAM_ACQUIRER_WEBHOOK_SECRET", "acq_own")]).unwrap_err();

@@ -144,7 +144,7 @@ pub async fn settle(
     if ledger::post(conn, &posting).await?.is_none() {
         return Ok(false);
     }
-    Ok(balance_transactions::mark_available(conn, &bt.id, payout_id).await?)
+    balance_transactions::mark_available(conn, &bt.id, payout_id).await
 }
 
 /// Posts a payout of `amount` (what the acquirer paid to the merchant's bank) out of the
@@ -189,7 +189,7 @@ pub async fn post_adjustment(
         status,
         payout_id: None,
     };
-    Ok(record(conn, &posting.clone(), Some(shown)).await?.flatten())
+    Ok(record(conn, posting, Some(shown)).await?.flatten())
 }
 
 /// A merchant's balance per currency: what it is owed, settled (`available`) and not yet

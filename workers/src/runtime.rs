@@ -134,6 +134,8 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Opens the process's PostgreSQL pool (`pool_size` connections); its steps share it.
     pub async fn connect(config: &Config, pool_size: u32) -> Result<Self, WorkerError> {
+        // Every worker may capture (and so charge a fee): by this process's configuration.
+        paystream_shared::ledger::install_fee_schedule(config.fees);
         let pool = paystream_shared::db::connect(config.database_url.expose(), pool_size).await?;
         Ok(Self {
             config: config.clone(),

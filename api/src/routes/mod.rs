@@ -1,4 +1,5 @@
 pub mod audit;
+pub mod balance;
 pub mod ops;
 pub mod payment_intents;
 pub mod payment_methods;
@@ -17,6 +18,8 @@ pub enum ApiTags {
     PaymentMethods,
     /// Give back captured money.
     Refunds,
+    /// What the merchant is owed, and every movement of money behind it.
+    Balance,
     /// Subscribe endpoints to events and follow their deliveries.
     Webhooks,
     /// What happened: the events webhooks deliver.

@@ -391,7 +391,11 @@ pub async fn transition_queueing(
         id: current.id.clone(),
         expected: current.status.to_string(),
     };
-    if to != PaymentIntentStatus::Succeeded {
+    // Only a capture sets `amount_received` (`ChargeOutcome::apply`); both are checked so a
+    // new path that changes it cannot skip the ledger.
+    let captures =
+        to == PaymentIntentStatus::Succeeded || next.amount_received != current.amount_received;
+    if !captures {
         return match change::apply(conn, query).await? {
             true => Ok(next),
             false => Err(conflict()),

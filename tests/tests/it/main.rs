@@ -9,6 +9,7 @@ mod deadlines;
 mod idempotency;
 mod idempotency_fencing;
 mod intents;
+mod ledger;
 mod money_paths;
 mod ops;
 mod payment_methods;
