@@ -185,8 +185,7 @@ async fn each_report_fault_is_flagged_as_its_own_kind_once() {
         (json!({"extraRate": 1}), "unknown_in_report"),
         (json!({"duplicateRate": 1}), "duplicate_in_report"),
     ];
-    let mut seen = 0;
-    for (fault, kind) in cases {
+    for (seen, (fault, kind)) in cases.into_iter().enumerate() {
         let pi = app.succeeded_intent(1000).await;
         app.sim_faults(json!({ "settlement": fault })).await;
         settle_at_sim(&app).await;
@@ -208,7 +207,6 @@ async fn each_report_fault_is_flagged_as_its_own_kind_once() {
         );
         // The same report again files nothing new.
         assert_eq!(round(&app, DEFAULT_WINDOW).await, RoundReport::default());
-        seen += 1;
     }
     // The money moved by our books, whatever the report said: nothing is pending.
     assert_eq!(balance(&app).await.0, 0);
