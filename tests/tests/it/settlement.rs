@@ -438,6 +438,7 @@ async fn reconciling_a_payout_of_100k_lines() {
         charges.extend(futures::future::join_all(calls).await);
     }
 
+    println!("{N} charges made at the acquirer");
     // Our side: N copies of the template's intent, postings and balance transaction.
     let mut tx = app.pool.begin().await.unwrap();
     let bulk = [
@@ -481,6 +482,7 @@ async fn reconciling_a_payout_of_100k_lines() {
     sqlx::query("ANALYZE").execute(&app.pool).await.unwrap();
     verify(&app).await;
 
+    println!("{N} captures booked in the ledger");
     let payouts = settle_at_sim(&app).await;
     assert_eq!(payouts["data"][0]["lines"], N + 1);
     let before = peak_rss_kib();
