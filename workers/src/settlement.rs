@@ -1,5 +1,6 @@
-//! Settlement reconciliation, a scheduler job: fetch the acquirer's new payouts, stream each
-//! report, and apply it to the ledger in one database transaction.
+//! Settlement reconciliation, a scheduler job: fetch the acquirer's new payouts, read each
+//! report through once to refuse a malformed one whole, then stream it again and apply it
+//! batch by batch, in keyed (idempotent) transactions that a later run completes.
 //!
 //! For every line: find what our books hold for its reference (in batches, one query each, so
 //! a long report never loads a merchant's history), compare (`domain::settlement::compare`),
@@ -9,8 +10,8 @@
 //! (`payouts`), posted out of the available balance (`ledger::post_payout`) and announced
 //! (`payout.paid`), and the report is marked reconciled.
 //!
-//! A report that cannot be read is applied not at all: the transaction rolls back, the report
-//! is marked `failed` with the reason, and the operator is alerted (an error log line with
+//! A report that cannot be read is applied not at all: the reading pass finds it before any
+//! batch is applied, the report is marked `failed` with the reason, and the operator is alerted (an error log line with
 //! `alert`, and [`reports_failed`]). It is tried again next round, in case the acquirer fixes
 //! it. A report already reconciled is skipped, and every write is keyed (a balance transaction
 //! settles once, a discrepancy has a unique key, a payout posts once), so fetching or
@@ -576,10 +577,13 @@ impl Applier<'_> {
                 part.discrepancies,
             )
             .await?;
-            if part.amount != 0 {
-                ledger::post_payout(conn, &merchant_id, currency, &payout.id, part.amount).await?;
-            }
-            if !part.new {
+            // Announced by the run that posts it (a payout of nothing posts nothing: by the run
+            // that made it), so a report applied again announces nothing again.
+            let posted_now = part.amount != 0
+                && ledger::post_payout(conn, &merchant_id, currency, &payout.id, part.amount)
+                    .await?
+                    .is_some();
+            if !(posted_now || (part.amount == 0 && part.new)) {
                 continue;
             }
             let view = serde_json::to_value(payout.view())
@@ -603,21 +607,54 @@ impl Applier<'_> {
     }
 }
 
-/// Applies one report in one transaction. `Ok(None)` when it was already reconciled.
+/// Reads the whole report once without applying anything: a malformed line anywhere refuses
+/// the report before any of it is applied.
+async fn validate(
+    client: &SettlementClient,
+    report: &SettlementReport,
+) -> Result<u64, SettlementError> {
+    let resp = client.report(&report.acquirer_payout_id).await?;
+    let mut chunks = parse_stream(resp, report.acquirer_payout_id.clone());
+    let mut lines = 0;
+    while let Some(chunk) = chunks.recv().await {
+        match chunk {
+            Chunk::Lines(batch) => lines += batch.len() as u64,
+            Chunk::Malformed(e) => return Err(SettlementError::Malformed(e)),
+            Chunk::Broken(e) => return Err(SettlementError::Fetch(e)),
+        }
+    }
+    Ok(lines)
+}
+
+/// Whether the report still needs applying (checked under its row lock).
+async fn unfinished(pool: &PgPool, report: &SettlementReport) -> Result<bool, SettlementError> {
+    let mut tx = pool.begin().await?;
+    let open = reports::lock_unfinished(&mut tx, &report.acquirer_payout_id)
+        .await?
+        .is_some();
+    tx.commit().await?;
+    Ok(open)
+}
+
+/// Applies one report: read through once to refuse a malformed one whole, then streamed again
+/// and applied batch by batch, each batch in its own transaction, and finished (missing
+/// captures, payouts, `reconciled`) in a last one. Each batch's writes are keyed, so a run cut
+/// off midway is completed by the next without doing anything twice; one transaction per batch
+/// keeps each transaction's updates of the merchant's few ledger accounts short (in one
+/// transaction for the whole report, every update of the same row adds a version the next one
+/// must walk past, which grows with the square of the lines). `Ok(None)` when the report was
+/// already reconciled.
 pub async fn apply(
     pool: &PgPool,
     client: &SettlementClient,
     report: &SettlementReport,
     window: TimeDelta,
 ) -> Result<Option<Applied>, SettlementError> {
-    let resp = client.report(&report.acquirer_payout_id).await?;
-    let mut tx = pool.begin().await?;
-    if reports::lock_unfinished(&mut tx, &report.acquirer_payout_id)
-        .await?
-        .is_none()
-    {
+    if !unfinished(pool, report).await? {
         return Ok(None);
     }
+    validate(client, report).await?;
+    let resp = client.report(&report.acquirer_payout_id).await?;
     let mut chunks = parse_stream(resp, report.acquirer_payout_id.clone());
     let mut applier = Applier {
         report,
@@ -630,12 +667,22 @@ pub async fn apply(
         match chunk {
             Chunk::Lines(batch) => {
                 lines += batch.len() as u64;
+                let mut tx = pool.begin().await?;
                 applier.apply_batch(&mut tx, batch).await?;
+                tx.commit().await?;
             }
-            // Returning drops `tx`, which rolls back: nothing of the report is applied.
+            // The report changed under us after it validated: what was applied stays (keyed),
+            // the report is marked failed and the next round completes it.
             Chunk::Malformed(e) => return Err(SettlementError::Malformed(e)),
             Chunk::Broken(e) => return Err(SettlementError::Fetch(e)),
         }
+    }
+    let mut tx = pool.begin().await?;
+    if reports::lock_unfinished(&mut tx, &report.acquirer_payout_id)
+        .await?
+        .is_none()
+    {
+        return Ok(None);
     }
     applier.sweep_missing(&mut tx, window).await?;
     let discrepancies = applier.discrepancies;
