@@ -32,6 +32,8 @@ pub fn app(sim: Arc<Sim>) -> impl Endpoint {
         .at("/payments/:id/capture", post(capture_payment))
         .at("/payments/:id/void", post(void_payment))
         .at("/refunds", get(list_refunds).post(create_refund))
+        .at("/payouts", get(crate::settlement::list_payouts))
+        .at("/payouts/:id/report.csv", get(crate::settlement::report))
         .around(move |ep, req| {
             let sim = Arc::clone(&faulty);
             async move { Ok::<_, poem::Error>(misbehave(&sim, ep.as_ref(), req).await) }
@@ -45,6 +47,7 @@ pub fn app(sim: Arc<Sim>) -> impl Endpoint {
         )
         .at("/sim/faults", get(get_faults).post(set_faults))
         .at("/sim/reset", post(reset))
+        .at("/sim/settle", post(crate::settlement::settle_now))
         .at("/healthz", get(healthz))
         .at("/metrics", get(metrics))
         .data(sim)

@@ -31,6 +31,29 @@ pub struct Faults {
     /// Share of asynchronously settled refunds that fail at settlement (the amount becomes
     /// refundable again), announced as `refund.failed`.
     pub refund_failure_per_million: u32,
+    pub settlement: SettlementFaults,
+}
+
+/// How the settlement reports come out wrong; applied line by line when a payout is built
+/// (`settlement.rs`), except `extra`, which is rolled once per payout. The payout's books are
+/// right either way: only what the report says is corrupted, as when an acquirer's reporting
+/// job has a bug.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettlementFaults {
+    /// Share of lines left out of the report.
+    pub drop_per_million: u32,
+    /// Share of lines whose gross (and so net) is one minor unit too high.
+    pub amount_skew_per_million: u32,
+    /// Share of lines whose fee is one minor unit too high (and net one too low).
+    pub fee_skew_per_million: u32,
+    /// Share of payouts whose report gains a line for a charge that never existed.
+    pub extra_per_million: u32,
+    /// Share of lines written twice.
+    pub duplicate_per_million: u32,
+    /// Share of reports that end in a line no reader can parse (a report cut off), beyond
+    /// CONTRACT.md's list, so a test can see a malformed report refused as a whole.
+    pub malformed_per_million: u32,
 }
 
 /// Settings for the notifications the simulator sends back to paystream; the notification
@@ -57,6 +80,18 @@ pub struct FaultsBody {
     notifications: Option<NotificationsBody>,
     refund_settlement_ms: Option<u64>,
     refund_failure_rate: Option<Number>,
+    settlement: Option<SettlementBody>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SettlementBody {
+    drop_rate: Option<Number>,
+    amount_skew_rate: Option<Number>,
+    fee_skew_rate: Option<Number>,
+    extra_rate: Option<Number>,
+    duplicate_rate: Option<Number>,
+    malformed_rate: Option<Number>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,7 +134,19 @@ impl FaultsBody {
             });
         }
         let notifications = self.notifications.unwrap_or_default();
+        let settlement = self.settlement.unwrap_or_default();
         Ok(Faults {
+            settlement: SettlementFaults {
+                drop_per_million: rate(settlement.drop_rate, "settlement.dropRate")?,
+                amount_skew_per_million: rate(
+                    settlement.amount_skew_rate,
+                    "settlement.amountSkewRate",
+                )?,
+                fee_skew_per_million: rate(settlement.fee_skew_rate, "settlement.feeSkewRate")?,
+                extra_per_million: rate(settlement.extra_rate, "settlement.extraRate")?,
+                duplicate_per_million: rate(settlement.duplicate_rate, "settlement.duplicateRate")?,
+                malformed_per_million: rate(settlement.malformed_rate, "settlement.malformedRate")?,
+            },
             refund_settlement_ms,
             refund_failure_per_million: rate(self.refund_failure_rate, "refundFailureRate")?,
             error_per_million: rate(self.error_rate, "errorRate")?,
@@ -215,7 +262,9 @@ mod tests {
         let body: FaultsBody = serde_json::from_value(json!({
             "errorRate": 0.25, "timeoutRate": 1, "latencyMs": 5,
             "notifications": {"duplicateRate": 0.5, "dropRate": 0.125, "reorder": true},
-            "refundSettlementMs": 200, "refundFailureRate": 0.5
+            "refundSettlementMs": 200, "refundFailureRate": 0.5,
+            "settlement": {"dropRate": 0.5, "amountSkewRate": 1, "feeSkewRate": 0.25,
+                "extraRate": 0.125, "duplicateRate": 1.0}
         }))
         .unwrap();
         let faults = body.into_faults().unwrap();
@@ -232,6 +281,14 @@ mod tests {
                 },
                 refund_settlement_ms: 200,
                 refund_failure_per_million: 500_000,
+                settlement: SettlementFaults {
+                    drop_per_million: 500_000,
+                    amount_skew_per_million: PER_MILLION,
+                    fee_skew_per_million: 250_000,
+                    extra_per_million: 125_000,
+                    duplicate_per_million: PER_MILLION,
+                    malformed_per_million: 0,
+                },
             }
         );
         let empty: FaultsBody = serde_json::from_value(json!({})).unwrap();
@@ -251,6 +308,12 @@ mod tests {
         let body: FaultsBody =
             serde_json::from_value(json!({"refundSettlementMs": 600_001})).unwrap();
         assert_eq!(body.into_faults().unwrap_err().param, "refundSettlementMs");
+        let body: FaultsBody =
+            serde_json::from_value(json!({"settlement": {"feeSkewRate": 7}})).unwrap();
+        assert_eq!(
+            body.into_faults().unwrap_err().param,
+            "settlement.feeSkewRate"
+        );
         let body: FaultsBody = serde_json::from_value(json!({"refundFailureRate": 2})).unwrap();
         assert_eq!(body.into_faults().unwrap_err().param, "refundFailureRate");
         let body: FaultsBody = serde_json::from_value(json!({"timeoutRate": 1.5})).unwrap();

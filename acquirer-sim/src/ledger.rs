@@ -2,13 +2,14 @@
 //! Plain data with no locking of its own; [`crate::Sim`] holds it behind one mutex so that a
 //! request's idempotency check, its decision and the record of both happen as one step.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::cards::Decline;
+use crate::settlement::Payout;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -189,6 +190,12 @@ pub struct Ledger {
     /// Refund ids per reference, oldest first.
     refunds_by_reference: HashMap<String, Vec<String>>,
     answers: HashMap<String, StoredAnswer>,
+    /// Refund ids, oldest first, for settlement.
+    refund_order: Vec<String>,
+    /// What has gone into a payout already (charge and refund ids): each settles once.
+    settled: HashSet<String>,
+    /// Published payouts, oldest first.
+    payouts: Vec<Payout>,
 }
 
 impl Ledger {
@@ -219,6 +226,7 @@ impl Ledger {
             .entry(refund.reference.clone())
             .or_default()
             .push(refund.id.clone());
+        self.refund_order.push(refund.id.clone());
         self.refunds.insert(refund.id.clone(), refund);
     }
 
@@ -235,6 +243,30 @@ impl Ledger {
             .iter()
             .filter_map(|id| self.refunds.get(id))
             .collect()
+    }
+
+    /// Every refund, oldest first.
+    pub fn all_refunds(&self) -> impl Iterator<Item = &Refund> {
+        self.refund_order
+            .iter()
+            .filter_map(|id| self.refunds.get(id))
+    }
+
+    /// Whether a charge or refund has gone into a payout.
+    pub fn is_settled(&self, id: &str) -> bool {
+        self.settled.contains(id)
+    }
+
+    pub fn mark_settled(&mut self, id: String) {
+        self.settled.insert(id);
+    }
+
+    pub fn insert_payout(&mut self, payout: Payout) {
+        self.payouts.push(payout);
+    }
+
+    pub fn payouts(&self) -> &[Payout] {
+        &self.payouts
     }
 
     pub fn answer(&self, key: &str) -> Option<&StoredAnswer> {

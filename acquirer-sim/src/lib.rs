@@ -72,7 +72,13 @@
 //!     that many milliseconds the refund succeeds and `refund.succeeded` is sent.
 //!   - `refundFailureRate`: share of asynchronously settled refunds that fail instead
 //!     (`refund.failed`, `failureReason: "refund_declined"`, the amount refundable again).
-//! - `POST /sim/reset`: 204; forgets charges, refunds, idempotency keys and faults.
+//!   - `settlement`: `{dropRate, amountSkewRate, feeSkewRate, extraRate, duplicateRate}`
+//!     corrupt the settlement reports (see `settlement.rs`); a rate of 1 always applies.
+//! - `POST /sim/settle`: 200 `{data: [payout]}`, the payouts it just made (one per currency
+//!   with anything unsettled). The simulator also settles every `ACQUIRER_SIM_SETTLE_EVERY_SECS`.
+//! - `GET /v1/payouts?after=&limit=` (oldest first, `{data, hasMore}`) and
+//!   `GET /v1/payouts/{id}/report.csv`: the settlement reports (`settlement.rs`).
+//! - `POST /sim/reset`: 204; forgets charges, refunds, payouts, idempotency keys and faults.
 //! - `GET /healthz`: 200. `GET /metrics`: Prometheus text.
 //!
 //! # Notifications
@@ -104,6 +110,7 @@ mod faults;
 mod ledger;
 mod metrics;
 mod notify;
+mod settlement;
 #[cfg(test)]
 mod tests;
 
@@ -119,9 +126,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use api::app;
-pub use faults::{Faults, NotificationFaults};
+pub use faults::{Faults, NotificationFaults, SettlementFaults};
 pub use notify::{signature_header, SIGNATURE_HEADER};
 use paystream_domain::secret::Secret;
+pub use settlement::REPORT_HEADER;
+
+use paystream_domain::fees::FeeSchedule;
 
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -159,6 +169,12 @@ pub struct SimConfig {
     /// A PEM bundle the notification client trusts besides the system's roots
     /// (`PAYSTREAM_CA_CERT`), for a paystream API served with a private CA's certificate.
     pub ca_cert: Option<std::path::PathBuf>,
+    /// The acquirer's fees, taken from each captured charge when it settles; the same
+    /// schedule and function as paystream's (`PAYSTREAM_FEE_PERCENT_BPS`, `PAYSTREAM_FEE_FIXED`).
+    pub fees: FeeSchedule,
+    /// How often the simulator settles by itself (`ACQUIRER_SIM_SETTLE_EVERY_SECS`, one day);
+    /// zero never does (`POST /sim/settle` still does).
+    pub settle_every: Duration,
 }
 
 impl Default for SimConfig {
@@ -171,9 +187,14 @@ impl Default for SimConfig {
             notify_secret: Secret::new(DEFAULT_NOTIFY_SECRET.to_owned()),
             callback_url: None,
             ca_cert: None,
+            fees: FeeSchedule::default(),
+            settle_every: DEFAULT_SETTLE_EVERY,
         }
     }
 }
+
+/// How often the simulator settles when `ACQUIRER_SIM_SETTLE_EVERY_SECS` is unset: daily.
+pub const DEFAULT_SETTLE_EVERY: Duration = Duration::from_secs(86_400);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -231,6 +252,34 @@ impl SimConfig {
             },
             notify_secret: get("PAYSTREAM_ACQUIRER_WEBHOOK_SECRET")
                 .map_or(defaults.notify_secret, Secret::new),
+            fees: {
+                let bps = number("PAYSTREAM_FEE_PERCENT_BPS")?;
+                let fixed = number("PAYSTREAM_FEE_FIXED")?;
+                let default = FeeSchedule::default();
+                let bps = match bps {
+                    None => default.percent_bps(),
+                    Some(n) => u32::try_from(n).map_err(|_| SimError::Config {
+                        var: "PAYSTREAM_FEE_PERCENT_BPS",
+                        value: n.to_string(),
+                        reason: "must be at most 10000",
+                    })?,
+                };
+                let fixed = match fixed {
+                    None => default.fixed().minor_units(),
+                    Some(n) => i64::try_from(n).map_err(|_| SimError::Config {
+                        var: "PAYSTREAM_FEE_FIXED",
+                        value: n.to_string(),
+                        reason: "is too large",
+                    })?,
+                };
+                FeeSchedule::new(bps, fixed).map_err(|_| SimError::Config {
+                    var: "PAYSTREAM_FEE_PERCENT_BPS",
+                    value: bps.to_string(),
+                    reason: "must be at most 10000",
+                })?
+            },
+            settle_every: number("ACQUIRER_SIM_SETTLE_EVERY_SECS")?
+                .map_or(defaults.settle_every, Duration::from_secs),
             callback_url: match get("ACQUIRER_SIM_CALLBACK_URL") {
                 Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                     Some(url.trim_end_matches('/').to_owned())
@@ -354,7 +403,7 @@ impl Sim {
         self.chaos().faults = faults;
     }
 
-    /// Forgets charges, refunds, idempotency keys and faults. Metrics keep counting.
+    /// Forgets charges, refunds, payouts, idempotency keys and faults. Metrics keep counting.
     pub fn reset(&self) {
         *self.ledger() = Ledger::default();
         self.chaos().faults = Faults::default();
@@ -391,6 +440,7 @@ pub async fn run(
     }
     let sim = Sim::new(config, shutdown.clone());
     sim.start_notifier();
+    sim.start_settlement_timer(sim.config.settle_every);
     let acceptor = TcpAcceptor::from_std(listener).map_err(io("cannot adopt the listener"))?;
     tracing::info!(%addr, "acquirer simulator listening");
     Server::new_with_acceptor(acceptor)

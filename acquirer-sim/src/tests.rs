@@ -1298,3 +1298,208 @@ fn the_callback_url_comes_from_its_setting_or_the_notification_url() {
     assert_eq!(sim.callback_base().as_deref(), Some("https://pay.example"));
     assert!(SimConfig::from_lookup(lookup(&[("ACQUIRER_SIM_CALLBACK_URL", "ftp://x")])).is_err());
 }
+
+async fn report_rows(h: &Harness, payout: &str) -> Vec<Vec<String>> {
+    let resp = h
+        .cli
+        .get(format!("/v1/payouts/{payout}/report.csv"))
+        .send()
+        .await
+        .0;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let text = resp.into_body().into_string().await.unwrap();
+    text.lines()
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .collect()
+}
+
+#[tokio::test]
+async fn settling_pays_out_captures_less_fees_and_refunds_once_per_currency() {
+    let h = harness();
+    assert_eq!(h.pay("pi_a", "pm_card_visa", true).await.status, 200);
+    let b = h.pay("pi_b", "pm_card_visa", true).await;
+    // Authorized only: nothing to settle yet.
+    assert_eq!(h.pay("pi_c", "pm_card_visa", false).await.status, 200);
+    let jpy = json!({"reference": "pi_j", "amount": 5000, "currency": "jpy", "paymentMethod": "pm_card_visa", "capture": true});
+    assert_eq!(
+        h.post("/v1/payments", Some("pi_j:authorize"), &jpy)
+            .await
+            .status,
+        200
+    );
+    let refund = json!({"payment": b.body["id"], "amount": 300, "reference": "re_b"});
+    assert_eq!(
+        h.post("/v1/refunds", Some("re_b:refund"), &refund)
+            .await
+            .status,
+        200
+    );
+
+    let settled = h.post("/sim/settle", None, &json!({})).await;
+    assert_eq!(settled.status, 200);
+    let payouts = settled.body["data"].as_array().unwrap().clone();
+    assert_eq!(payouts.len(), 2, "{}", settled.body);
+    let (jpy_payout, usd_payout) = (&payouts[0], &payouts[1]);
+    assert_eq!(jpy_payout["currency"], "jpy");
+    // 5000 yen: 145 + 30 in fees.
+    assert_eq!(jpy_payout["amount"], 5000 - 175);
+    assert_eq!(usd_payout["currency"], "usd");
+    // Two charges of 1099 (fee 32 + 30 = 62 each), one refund of 300.
+    assert_eq!(usd_payout["amount"], 2 * (1099 - 62) - 300);
+    assert_eq!(usd_payout["lines"], 3);
+    assert!(usd_payout["id"].as_str().unwrap().starts_with("apo_"));
+    assert!(usd_payout["arrivalDate"].as_str().unwrap().len() == 10);
+
+    let rows = report_rows(&h, usd_payout["id"].as_str().unwrap()).await;
+    assert_eq!(rows[0].join(","), crate::REPORT_HEADER.join(","));
+    assert_eq!(rows.len(), 4);
+    let charge = rows.iter().find(|r| r[2] == "pi_b").unwrap();
+    assert_eq!(&charge[1..=1], ["charge"]);
+    assert_eq!(charge[3], b.body["id"].as_str().unwrap());
+    assert_eq!(charge[4..8], ["usd", "1099", "62", "1037"]);
+    let refund_row = rows.iter().find(|r| r[2] == "re_b").unwrap();
+    assert_eq!(refund_row[1], "refund");
+    assert_eq!(refund_row[5..8], ["-300", "0", "-300"]);
+
+    // Nothing is settled twice; a later capture goes into the next payout.
+    assert_eq!(
+        h.post("/sim/settle", None, &json!({})).await.body["data"],
+        json!([])
+    );
+    let c = h.sim_charges("pi_c").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cap = h
+        .post(
+            &format!("/v1/payments/{c}/capture"),
+            Some("c:capture"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(cap.status, 200);
+    let next = h.post("/sim/settle", None, &json!({})).await.body["data"][0].clone();
+    assert_eq!(next["lines"], 1);
+
+    // The list, oldest first, and after a cursor.
+    let all = h.get("/v1/payouts").await;
+    assert_eq!(all.status, 200);
+    assert_eq!(all.body["data"].as_array().unwrap().len(), 3);
+    assert_eq!(all.body["hasMore"], false);
+    let first = h.get("/v1/payouts?limit=1").await;
+    assert_eq!(first.body["data"][0]["id"], jpy_payout["id"]);
+    assert_eq!(first.body["hasMore"], true);
+    let after = h
+        .get(&format!(
+            "/v1/payouts?after={}",
+            usd_payout["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(after.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(after.body["data"][0]["id"], next["id"]);
+    assert_eq!(h.get("/v1/payouts?after=apo_nope").await.status, 404);
+    assert_eq!(h.get("/v1/payouts?limit=0").await.status, 400);
+    assert_eq!(h.get("/v1/payouts?limit=x").await.status, 400);
+    let missing = h.cli.get("/v1/payouts/apo_nope/report.csv").send().await.0;
+    assert_eq!(missing.status().as_u16(), 404);
+
+    // Reset forgets payouts too.
+    assert_eq!(h.post("/sim/reset", None, &json!({})).await.status, 204);
+    assert_eq!(h.get("/v1/payouts").await.body["data"], json!([]));
+}
+
+#[tokio::test]
+async fn settlement_faults_corrupt_the_report_not_the_books() {
+    let h = harness();
+    assert_eq!(h.pay("pi_a", "pm_card_visa", true).await.status, 200);
+    let set = h
+        .faults(json!({"settlement": {"amountSkewRate": 1, "feeSkewRate": 1.0, "duplicateRate": 1, "extraRate": 1}}))
+        .await;
+    assert_eq!(set.status, 200);
+    assert_eq!(set.body["settlement"]["amountSkewPerMillion"], 1_000_000);
+    let payout = h.post("/sim/settle", None, &json!({})).await.body["data"][0].clone();
+    let rows = report_rows(&h, payout["id"].as_str().unwrap()).await;
+    // Header, the line twice, and one made-up line under the same reference.
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[1], rows[2]);
+    assert_eq!(rows[1][5..8], ["1100", "63", "1037"]);
+    assert_eq!(rows[3][2], "pi_a");
+    assert_ne!(rows[3][3], rows[1][3]);
+    assert_eq!(payout["amount"], 1037 * 2 + 941);
+
+    h.faults(json!({"settlement": {"dropRate": 1}})).await;
+    assert_eq!(h.pay("pi_b", "pm_card_visa", true).await.status, 200);
+    let dropped = h.post("/sim/settle", None, &json!({})).await.body["data"][0].clone();
+    assert_eq!(dropped["lines"], 0);
+    assert_eq!(dropped["amount"], 0);
+    // Dropped from the report is still settled: it never comes back.
+    h.faults(json!({})).await;
+    assert_eq!(
+        h.post("/sim/settle", None, &json!({})).await.body["data"],
+        json!([])
+    );
+
+    let bad = h.faults(json!({"settlement": {"dropRate": 2}})).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.body["error"]["param"], "settlement.dropRate");
+}
+
+#[tokio::test]
+async fn the_simulator_settles_on_its_own_timer() {
+    let h = harness_with(SimConfig {
+        seed: Some(1),
+        settle_every: Duration::from_millis(20),
+        ..SimConfig::default()
+    });
+    h.sim.start_settlement_timer(h.sim.config.settle_every);
+    assert_eq!(h.pay("pi_a", "pm_card_visa", true).await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = h.get("/v1/payouts").await;
+        if list.body["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            assert_eq!(list.body["data"][0]["lines"], 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no payout within 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[test]
+fn the_fee_schedule_and_settlement_period_come_from_the_environment() {
+    let c = SimConfig::from_lookup(|_| None).unwrap();
+    assert_eq!(c.settle_every, crate::DEFAULT_SETTLE_EVERY);
+    assert_eq!(
+        (c.fees.percent_bps(), c.fees.fixed().minor_units()),
+        (290, 30)
+    );
+    let c = SimConfig::from_lookup(|k| match k {
+        "PAYSTREAM_FEE_PERCENT_BPS" => Some("150".into()),
+        "PAYSTREAM_FEE_FIXED" => Some("0".into()),
+        "ACQUIRER_SIM_SETTLE_EVERY_SECS" => Some("0".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(
+        (c.fees.percent_bps(), c.fees.fixed().minor_units()),
+        (150, 0)
+    );
+    assert!(c.settle_every.is_zero());
+    for (var, value) in [
+        ("PAYSTREAM_FEE_PERCENT_BPS", "10001"),
+        ("PAYSTREAM_FEE_PERCENT_BPS", "99999999999"),
+        ("PAYSTREAM_FEE_FIXED", "-1"),
+        ("PAYSTREAM_FEE_FIXED", "99999999999999999999"),
+        ("ACQUIRER_SIM_SETTLE_EVERY_SECS", "soon"),
+    ] {
+        let err = SimConfig::from_lookup(|k| (k == var).then(|| value.to_owned())).unwrap_err();
+        assert!(err.to_string().contains(var), "{var}={value}: {err}");
+    }
+}

@@ -7,6 +7,7 @@ pub mod bench_webhooks;
 pub mod dlq;
 pub mod doctor;
 pub mod listen;
+pub mod settlement;
 pub mod up;
 
 use std::process::ExitCode;
@@ -61,6 +62,11 @@ pub enum Command {
     /// and not the development ones, the database reachable by a role that is not a superuser,
     /// NATS reachable with JetStream. Prints every check; exit 1 if any fails.
     Doctor,
+    /// Look at what settlement reconciliation found.
+    Settlement {
+        #[command(subcommand)]
+        command: settlement::SettlementCommand,
+    },
     /// Operate the vault.
     Vault {
         #[command(subcommand)]
@@ -172,6 +178,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             command: LedgerCommand::Verify { json },
         } => ledger_verify(&config, json).await,
         Command::Doctor => Ok(doctor::run().await),
+        Command::Settlement { command } => settlement::run(&config, command).await,
         Command::Vault {
             command:
                 VaultCommand::RotateKek {

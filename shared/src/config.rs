@@ -100,6 +100,9 @@ pub struct Config {
     // Transport security (README "TLS"): the listeners' certificate, the proxies trusted to
     // terminate TLS in front of them, and the extra CA paystream's own clients trust.
     pub tls: crate::tls::TlsSettings,
+    /// How long the acquirer may take to settle a capture before reconciliation calls it
+    /// `missing_in_report` (`PAYSTREAM_SETTLEMENT_WINDOW_SECS`, two days: T+2).
+    pub settlement_window: Duration,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/paystream";
@@ -270,6 +273,14 @@ impl Config {
         let reconcile_interval = secs("PAYSTREAM_RECONCILE_INTERVAL_SECS", "900")?;
         let reconcile_stuck_after = secs("PAYSTREAM_RECONCILE_STUCK_AFTER_SECS", "300")?;
         let abandon_after = secs("PAYSTREAM_ABANDON_AFTER_SECS", "86400")?;
+        let settlement_window = secs("PAYSTREAM_SETTLEMENT_WINDOW_SECS", "172800")?;
+        if settlement_window > MAX_ABANDON_AFTER {
+            return Err(ConfigError {
+                var: "PAYSTREAM_SETTLEMENT_WINDOW_SECS",
+                value: settlement_window.as_secs().to_string(),
+                reason: "must be at most 100 years".into(),
+            });
+        }
         // Zero would cancel every intent the moment it is created; the upper bound keeps the
         // value representable as a time difference (anything longer means "never" anyway).
         if abandon_after.is_zero() || abandon_after > MAX_ABANDON_AFTER {
@@ -366,6 +377,7 @@ impl Config {
             fees,
             dispute_fee,
             tls,
+            settlement_window,
         })
     }
 }
@@ -583,6 +595,7 @@ mod tests {
         assert_eq!(c.reconcile_interval, Duration::from_secs(900));
         assert_eq!(c.reconcile_stuck_after, Duration::from_secs(300));
         assert_eq!(c.abandon_after, Duration::from_secs(86_400));
+        assert_eq!(c.settlement_window, Duration::from_secs(172_800));
         assert!(cfg(&[("PAYSTREAM_RECONCILE_INTERVAL_SECS", "often")]).is_err());
         assert_eq!(c.db_pool_size, 16);
         assert!(cfg(&[("PAYSTREAM_DB_POOL_SIZE", "0")]).is_err());
@@ -635,6 +648,16 @@ mod tests {
             assert_eq!(err.var, "PAYSTREAM_ABANDON_AFTER_SECS", "{bad}");
         }
         assert!(cfg(&[("PAYSTREAM_ABANDON_AFTER_SECS", "3153600000")]).is_ok());
+    }
+
+    #[test]
+    fn the_settlement_window_is_configurable_within_bounds() {
+        let c = cfg(&[("PAYSTREAM_SETTLEMENT_WINDOW_SECS", "2")]).unwrap();
+        assert_eq!(c.settlement_window, Duration::from_secs(2));
+        for bad in ["-1", "two days", "3153600001"] {
+            let err = cfg(&[("PAYSTREAM_SETTLEMENT_WINDOW_SECS", bad)]).unwrap_err();
+            assert_eq!(err.var, "PAYSTREAM_SETTLEMENT_WINDOW_SECS", "{bad}");
+        }
     }
 
     #[test]

@@ -9,4 +9,5 @@ pub mod reconcile;
 pub mod refund;
 pub mod runtime;
 pub mod scheduler;
+pub mod settlement;
 pub mod webhooks;

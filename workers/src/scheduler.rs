@@ -22,6 +22,7 @@ use crate::acquirer::Acquirer;
 use crate::deadlines::{self, DeadlineError};
 use crate::reconcile;
 use crate::runtime::{WorkerError, WorkerProcess};
+use crate::settlement::{self, SettlementClient};
 
 /// The advisory lock key that names the scheduler's leadership ("paystrm" in ASCII).
 pub const LEADER_LOCK: i64 = 0x0070_6179_7374_726d;
@@ -41,6 +42,8 @@ pub struct Thresholds {
     pub stuck_after: TimeDelta,
     /// Unpaid intents idle this long are canceled as abandoned.
     pub abandon_after: TimeDelta,
+    /// A capture no report has settled this long after it is `missing_in_report`.
+    pub settlement_window: TimeDelta,
 }
 
 impl Thresholds {
@@ -51,6 +54,8 @@ impl Thresholds {
                 .unwrap_or(TimeDelta::minutes(5)),
             abandon_after: TimeDelta::from_std(config.abandon_after)
                 .unwrap_or(TimeDelta::hours(24)),
+            settlement_window: TimeDelta::from_std(config.settlement_window)
+                .unwrap_or(TimeDelta::days(2)),
         }
     }
 }
@@ -148,9 +153,17 @@ pub async fn keep_deadlines(pool: &PgPool, acquirer: &Arc<dyn Acquirer>, thresho
 }
 
 /// One round of every job. Errors are logged, never fatal: the next round tries again.
-pub async fn tick(pool: &PgPool, acquirer: &Arc<dyn Acquirer>, thresholds: &Thresholds) {
+pub async fn tick(
+    pool: &PgPool,
+    acquirer: &Arc<dyn Acquirer>,
+    settlement: &SettlementClient,
+    thresholds: &Thresholds,
+) {
     if let Err(e) = reconcile::run_once(pool, acquirer, thresholds.stuck_after).await {
         tracing::error!(error = %e, "reconciliation failed");
+    }
+    if let Err(e) = settlement::run_once(pool, settlement, thresholds.settlement_window).await {
+        tracing::error!(error = %e, "settlement reconciliation failed");
     }
     keep_deadlines(pool, acquirer, thresholds).await;
     match purge(pool).await {
@@ -170,10 +183,12 @@ pub async fn tick(pool: &PgPool, acquirer: &Arc<dyn Acquirer>, thresholds: &Thre
 /// the outbox), leader or standby alike.
 pub async fn run_scheduler(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let acquirer: Arc<dyn Acquirer> = Arc::new(crate::runtime::acquirer(&config)?);
+    let settlement = SettlementClient::new(&config.acquirer_url, config.acquirer_timeout)
+        .map_err(|e| WorkerError::Acquirer(e.to_string()))?;
     let process = WorkerProcess::connect(&config, 4).await?;
     let pool = process.pool();
     process
-        .task(move |stop| lead_or_stand_by(config, pool, acquirer, stop))
+        .task(move |stop| lead_or_stand_by(config, pool, acquirer, settlement, stop))
         .run(shutdown)
         .await
 }
@@ -183,6 +198,7 @@ async fn lead_or_stand_by(
     config: Config,
     pool: PgPool,
     acquirer: Arc<dyn Acquirer>,
+    settlement: SettlementClient,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let thresholds = Thresholds::from_config(&config);
@@ -210,7 +226,7 @@ async fn lead_or_stand_by(
                         tracing::warn!("lost the leadership session; standing by");
                         break;
                     }
-                    tick(&pool, &acquirer, &thresholds).await;
+                    tick(&pool, &acquirer, &settlement, &thresholds).await;
                 }
             }
         }

@@ -5,6 +5,7 @@ pub mod payment_intents;
 pub mod payment_methods;
 pub mod provider;
 pub mod refunds;
+pub mod settlement;
 pub mod three_ds;
 pub mod webhooks;
 
@@ -27,4 +28,6 @@ pub enum ApiTags {
     AuditLog,
     /// Signed notifications from the acquirer (no API key).
     Acquirer,
+    /// What the acquirer paid out, and how its settlement reports reconciled.
+    Payouts,
 }

@@ -23,6 +23,7 @@ pub enum IdKind {
     /// A double-entry ledger transaction (internal; never shown to merchants).
     LedgerTransaction,
     Payout,
+    SettlementDiscrepancy,
 }
 
 impl IdKind {
@@ -41,6 +42,7 @@ impl IdKind {
             IdKind::BalanceTransaction => "txn_",
             IdKind::LedgerTransaction => "ltx_",
             IdKind::Payout => "po_",
+            IdKind::SettlementDiscrepancy => "sd_",
         }
     }
 
@@ -112,6 +114,7 @@ mod tests {
             IdKind::BalanceTransaction,
             IdKind::LedgerTransaction,
             IdKind::Payout,
+            IdKind::SettlementDiscrepancy,
         ];
         let mut prefixes: Vec<_> = kinds.iter().map(|k| k.prefix()).collect();
         prefixes.sort_unstable();

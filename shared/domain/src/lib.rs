@@ -12,6 +12,7 @@ pub mod provider_event;
 pub mod refund;
 pub mod scrub;
 pub mod secret;
+pub mod settlement;
 pub mod three_ds;
 pub mod webhook;
 

@@ -14,8 +14,11 @@ pub mod outbox;
 mod pages;
 pub mod payment_intents;
 pub mod payment_methods;
+pub mod payouts;
 pub mod provider_events;
 pub mod refunds;
+pub mod settlement_discrepancies;
+pub mod settlement_reports;
 pub mod webhooks;
 
 use crate::domain::DomainError;

@@ -21,6 +21,7 @@ mod reconcile;
 mod refunds;
 mod request_path;
 mod security;
+mod settlement;
 mod three_ds;
 mod validation;
 mod vault_charges;
