@@ -32,6 +32,11 @@ pub fn app(sim: Arc<Sim>) -> impl Endpoint {
         .at("/payments/:id/capture", post(capture_payment))
         .at("/payments/:id/void", post(void_payment))
         .at("/refunds", get(list_refunds).post(create_refund))
+        .at("/disputes", get(crate::disputes::list))
+        .at(
+            "/disputes/:id/evidence",
+            post(crate::disputes::submit_evidence),
+        )
         .around(move |ep, req| {
             let sim = Arc::clone(&faulty);
             async move { Ok::<_, poem::Error>(misbehave(&sim, ep.as_ref(), req).await) }
@@ -43,6 +48,7 @@ pub fn app(sim: Arc<Sim>) -> impl Endpoint {
             "/sim/3ds/:id",
             get(crate::challenge::page).post(crate::challenge::complete),
         )
+        .at("/sim/disputes", post(crate::disputes::sim_open))
         .at("/sim/faults", get(get_faults).post(set_faults))
         .at("/sim/reset", post(reset))
         .at("/healthz", get(healthz))
@@ -341,7 +347,7 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<String, Reply> {
 }
 
 /// Reads a request body of at most [`MAX_BODY_BYTES`], whether or not it announced its length.
-async fn read_body(body: Body) -> Result<Vec<u8>, Reply> {
+pub(crate) async fn read_body(body: Body) -> Result<Vec<u8>, Reply> {
     match body.into_bytes_limit(MAX_BODY_BYTES).await {
         Ok(bytes) => Ok(bytes.to_vec()),
         Err(ReadBodyError::PayloadTooLarge) => Err(Reply::error(

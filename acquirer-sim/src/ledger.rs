@@ -186,6 +186,8 @@ pub struct Ledger {
     /// Refund ids per reference, oldest first.
     refunds_by_reference: HashMap<String, Vec<String>>,
     answers: HashMap<String, StoredAnswer>,
+    /// Chargebacks on these charges (`disputes.rs`), under the same lock.
+    pub chargebacks: crate::disputes::Chargebacks,
 }
 
 impl Ledger {

@@ -72,6 +72,9 @@
 //!     that many milliseconds the refund succeeds and `refund.succeeded` is sent.
 //!   - `refundFailureRate`: share of asynchronously settled refunds that fail instead
 //!     (`refund.failed`, `failureReason: "refund_declined"`, the amount refundable again).
+//! - `POST /sim/disputes` `{reference, reason?, amount?}`: 201, opens a chargeback on the
+//!   reference's captured charge now (see `disputes.rs`, which also serves
+//!   `POST /v1/disputes/{id}/evidence` and `GET /v1/disputes?reference=`).
 //! - `POST /sim/reset`: 204; forgets charges, refunds, idempotency keys and faults.
 //! - `GET /healthz`: 200. `GET /metrics`: Prometheus text.
 //!
@@ -88,6 +91,9 @@
 //! - `payment.succeeded` (charge `captured` or `authorized`), `payment.failed` (`declined`,
 //!   with `code`/`declineCode`), `payment.requires_action` (with `redirectUrl`): late payment
 //!   outcomes; `data.reference` is the caller's payment intent id.
+//! - `dispute.created` (a chargeback, `needs_response`), `dispute.closed` (`won` or `lost`):
+//!   `data` is the chargeback `{id: "chb_…", payment, reference, amount, currency, reason,
+//!   status, evidenceDueBy, createdAt}`.
 //!
 //! What a `/v1` answer already told the caller is not repeated: a synchronous outcome is
 //! announced only when the timeout fault withheld its answer (the caller may never learn it
@@ -100,6 +106,7 @@ mod api;
 mod books;
 mod cards;
 mod challenge;
+mod disputes;
 mod faults;
 mod ledger;
 mod metrics;
@@ -156,6 +163,9 @@ pub struct SimConfig {
     /// `None`: the origin of [`Self::notify_url`] when that ends in `/api/provider/webhooks`;
     /// without either, the browser goes straight to the payment's `returnUrl`.
     pub callback_url: Option<String>,
+    /// How long a cardholder's bank gives the merchant to answer a chargeback
+    /// (`PAYSTREAM_SIM_DISPUTE_DUE_SECS`, default 7 days): the chargeback's `evidenceDueBy`.
+    pub dispute_due: Duration,
 }
 
 impl Default for SimConfig {
@@ -167,6 +177,7 @@ impl Default for SimConfig {
             notify_url: None,
             notify_secret: Secret::new(DEFAULT_NOTIFY_SECRET.to_owned()),
             callback_url: None,
+            dispute_due: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -240,6 +251,8 @@ impl SimConfig {
                 }
                 None => None,
             },
+            dispute_due: number("PAYSTREAM_SIM_DISPUTE_DUE_SECS")?
+                .map_or(defaults.dispute_due, Duration::from_secs),
         })
     }
 }
