@@ -23,6 +23,8 @@ pub enum IdKind {
     /// A double-entry ledger transaction (internal; never shown to merchants).
     LedgerTransaction,
     Payout,
+    /// A dispute's evidence file.
+    File,
 }
 
 impl IdKind {
@@ -41,6 +43,7 @@ impl IdKind {
             IdKind::BalanceTransaction => "txn_",
             IdKind::LedgerTransaction => "ltx_",
             IdKind::Payout => "po_",
+            IdKind::File => "file_",
         }
     }
 
@@ -112,6 +115,7 @@ mod tests {
             IdKind::BalanceTransaction,
             IdKind::LedgerTransaction,
             IdKind::Payout,
+            IdKind::File,
         ];
         let mut prefixes: Vec<_> = kinds.iter().map(|k| k.prefix()).collect();
         prefixes.sort_unstable();
