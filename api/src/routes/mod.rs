@@ -1,4 +1,6 @@
 pub mod audit;
+pub mod dispute_evidence;
+pub mod disputes;
 pub mod ops;
 pub mod payment_intents;
 pub mod payment_methods;
@@ -16,6 +18,8 @@ pub enum ApiTags {
     PaymentMethods,
     /// Give back captured money.
     Refunds,
+    /// Chargebacks: answer them with evidence, or accept the loss.
+    Disputes,
     /// Subscribe endpoints to events and follow their deliveries.
     Webhooks,
     /// What happened: the events webhooks deliver.

@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod chaos;
 mod deadlines;
+mod disputes;
 mod idempotency;
 mod idempotency_fencing;
 mod intents;
