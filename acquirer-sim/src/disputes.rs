@@ -125,10 +125,6 @@ impl Chargebacks {
             .filter_map(|id| self.by_id.get(id))
             .collect()
     }
-
-    pub fn get(&self, id: &str) -> Option<&Chargeback> {
-        self.by_id.get(id)
-    }
 }
 
 #[derive(Deserialize)]
