@@ -144,7 +144,7 @@ pub async fn settle(
     if ledger::post(conn, &posting).await?.is_none() {
         return Ok(false);
     }
-    Ok(balance_transactions::mark_available(conn, &bt.id, payout_id).await?)
+    balance_transactions::mark_available(conn, &bt.id, payout_id).await
 }
 
 /// Posts a payout of `amount` (what the acquirer paid to the merchant's bank) out of the

@@ -164,13 +164,17 @@ impl DisputeEvidenceApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
-        form: Multipart,
+        // Optional, so a body that is not multipart is our 400, not poem's 415.
+        form: Option<Multipart>,
     ) -> Result<DisputeResponse, Errors<{ WRITE | NOT_FOUND | CONFLICT }>> {
         // Existence and state first, so a refused dispute costs no upload.
         let current = store::get(&state.pool, &auth.0.merchant_id, &id.0)
             .await?
             .ok_or_else(|| not_found(&id.0))?;
         check_editable(&current)?;
+        let form = form.ok_or_else(|| {
+            ApiError::invalid("body_invalid", "The body must be multipart/form-data")
+        })?;
         let (text, uploads) = read_form(form).await?;
         let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
         let dispute = lock(&mut tx, &auth.0, &id.0).await?;
@@ -224,7 +228,7 @@ impl DisputeEvidenceApi {
             .map_err(|e| ApiError::internal(&e))?;
         let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
         paystream_shared::audit::append(
-            &mut *tx,
+            &mut tx,
             paystream_shared::audit::NewEntry {
                 merchant_id: Some(&auth.0.merchant_id),
                 object_type: "dispute",

@@ -201,7 +201,7 @@ impl DisputesApi {
             merchant_id: next.merchant_id.clone(),
             dispute_id: next.id.clone(),
         };
-        outbox::enqueue(&mut *tx, command.subject(), &command.to_json())
+        outbox::enqueue(&mut tx, command.subject(), &command.to_json())
             .await
             .map_err(ApiError::from)?;
         Ok(answer(req, tx, &next).await?)

@@ -388,6 +388,27 @@ async fn evidence_is_checked_by_content_and_size_and_close_accepts_the_loss() {
     upload(&app, &id, &nine)
         .await
         .assert_error(400, "parameter_invalid");
+    // Not a form at all: a 400 too.
+    let r = app
+        .post(
+            &format!("/api/disputes/{id}/evidence"),
+            json!({"uncategorizedText": "x"}),
+        )
+        .await;
+    r.assert_error(400, "body_invalid");
+    let spec = app
+        .request(reqwest::Method::GET, "/openapi.json", None, None, None)
+        .await;
+    for path in [
+        "/disputes",
+        "/disputes/{id}",
+        "/disputes/{id}/submit",
+        "/disputes/{id}/close",
+        "/disputes/{id}/evidence",
+        "/disputes/{id}/files/{file_id}",
+    ] {
+        assert!(spec.body["paths"][path].is_object(), "{path} is documented");
+    }
     let r = app.get(&format!("/api/disputes/{id}")).await;
     assert!(r.body["evidence"]["files"].as_array().unwrap().is_empty());
     assert_eq!(r.body["evidenceDetails"]["hasEvidence"], false);
