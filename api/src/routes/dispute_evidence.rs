@@ -9,7 +9,7 @@
 //! records the change.
 
 use poem::web::Multipart;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Binary;
 use poem_openapi::{ApiResponse, OpenApi};
 use serde_json::{Map, Value};
@@ -164,6 +164,10 @@ impl DisputeEvidenceApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
+        /// Accepted as on every POST, but an upload is streamed, not fingerprinted: it is not
+        /// replayed under the key (docs/api.md). Sending a text field again replaces it.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
         // Optional, so a body that is not multipart is our 400, not poem's 415.
         form: Option<Multipart>,
     ) -> Result<DisputeResponse, Errors<{ WRITE | NOT_FOUND | CONFLICT }>> {
