@@ -34,6 +34,11 @@ pub fn app(sim: Arc<Sim>) -> impl Endpoint {
         .at("/refunds", get(list_refunds).post(create_refund))
         .at("/payouts", get(crate::settlement::list_payouts))
         .at("/payouts/:id/report.csv", get(crate::settlement::report))
+        .at("/disputes", get(crate::disputes::list))
+        .at(
+            "/disputes/:id/evidence",
+            post(crate::disputes::submit_evidence),
+        )
         .around(move |ep, req| {
             let sim = Arc::clone(&faulty);
             async move { Ok::<_, poem::Error>(misbehave(&sim, ep.as_ref(), req).await) }
@@ -45,6 +50,7 @@ pub fn app(sim: Arc<Sim>) -> impl Endpoint {
             "/sim/3ds/:id",
             get(crate::challenge::page).post(crate::challenge::complete),
         )
+        .at("/sim/disputes", post(crate::disputes::sim_open))
         .at("/sim/faults", get(get_faults).post(set_faults))
         .at("/sim/reset", post(reset))
         .at("/sim/settle", post(crate::settlement::settle_now))
@@ -344,7 +350,7 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<String, Reply> {
 }
 
 /// Reads a request body of at most [`MAX_BODY_BYTES`], whether or not it announced its length.
-async fn read_body(body: Body) -> Result<Vec<u8>, Reply> {
+pub(crate) async fn read_body(body: Body) -> Result<Vec<u8>, Reply> {
     match body.into_bytes_limit(MAX_BODY_BYTES).await {
         Ok(bytes) => Ok(bytes.to_vec()),
         Err(ReadBodyError::PayloadTooLarge) => Err(Reply::error(

@@ -199,6 +199,9 @@ impl Sim {
         if lost {
             self.notify_charge(&charge);
         }
+        if charge.disputes_later && charge.status == ChargeStatus::Captured {
+            self.dispute_later(&charge.reference);
+        }
         ledger.insert_charge(charge);
         Ok(reply)
     }
@@ -283,6 +286,9 @@ impl Sim {
         tracing::info!(charge = %charge.id, amount, "charge captured");
         if lost {
             self.notify_charge(charge);
+        }
+        if charge.disputes_later {
+            self.dispute_later(&charge.reference);
         }
         Ok(Reply::ok(charge.to_json()))
     }

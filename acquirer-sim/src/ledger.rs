@@ -196,6 +196,8 @@ pub struct Ledger {
     settled: HashSet<String>,
     /// Published payouts, oldest first.
     payouts: Vec<Payout>,
+    /// Chargebacks on these charges (`disputes.rs`), under the same lock.
+    pub chargebacks: crate::disputes::Chargebacks,
 }
 
 impl Ledger {

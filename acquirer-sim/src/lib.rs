@@ -78,7 +78,11 @@
 //!   with anything unsettled). The simulator also settles every `ACQUIRER_SIM_SETTLE_EVERY_SECS`.
 //! - `GET /v1/payouts?after=&limit=` (oldest first, `{data, hasMore}`) and
 //!   `GET /v1/payouts/{id}/report.csv`: the settlement reports (`settlement.rs`).
-//! - `POST /sim/reset`: 204; forgets charges, refunds, payouts, idempotency keys and faults.
+//! - `POST /sim/disputes` `{reference, reason?, amount?}`: 201, opens a chargeback on the
+//!   reference's captured charge now (see `disputes.rs`, which also serves
+//!   `POST /v1/disputes/{id}/evidence` and `GET /v1/disputes?reference=`).
+//! - `POST /sim/reset`: 204; forgets charges, refunds, chargebacks, payouts, idempotency keys
+//!   and faults.
 //! - `GET /healthz`: 200. `GET /metrics`: Prometheus text.
 //!
 //! # Notifications
@@ -94,6 +98,9 @@
 //! - `payment.succeeded` (charge `captured` or `authorized`), `payment.failed` (`declined`,
 //!   with `code`/`declineCode`), `payment.requires_action` (with `redirectUrl`): late payment
 //!   outcomes; `data.reference` is the caller's payment intent id.
+//! - `dispute.created` (a chargeback, `needs_response`), `dispute.closed` (`won` or `lost`):
+//!   `data` is the chargeback `{id: "chb_…", payment, reference, amount, currency, reason,
+//!   status, evidenceDueBy, createdAt}`.
 //!
 //! What a `/v1` answer already told the caller is not repeated: a synchronous outcome is
 //! announced only when the timeout fault withheld its answer (the caller may never learn it
@@ -106,6 +113,7 @@ mod api;
 mod books;
 mod cards;
 mod challenge;
+mod disputes;
 mod faults;
 mod ledger;
 mod metrics;
@@ -175,6 +183,9 @@ pub struct SimConfig {
     /// How often the simulator settles by itself (`ACQUIRER_SIM_SETTLE_EVERY_SECS`, one day);
     /// zero never does (`POST /sim/settle` still does).
     pub settle_every: Duration,
+    /// How long a cardholder's bank gives the merchant to answer a chargeback
+    /// (`PAYSTREAM_SIM_DISPUTE_DUE_SECS`, default 7 days): the chargeback's `evidenceDueBy`.
+    pub dispute_due: Duration,
 }
 
 impl Default for SimConfig {
@@ -189,6 +200,7 @@ impl Default for SimConfig {
             ca_cert: None,
             fees: FeeSchedule::default(),
             settle_every: DEFAULT_SETTLE_EVERY,
+            dispute_due: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -294,6 +306,8 @@ impl SimConfig {
                 None => None,
             },
             ca_cert: get("PAYSTREAM_CA_CERT").map(std::path::PathBuf::from),
+            dispute_due: number("PAYSTREAM_SIM_DISPUTE_DUE_SECS")?
+                .map_or(defaults.dispute_due, Duration::from_secs),
         })
     }
 }

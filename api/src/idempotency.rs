@@ -238,7 +238,14 @@ pub async fn around<E: Endpoint>(
     state: &AppState,
     merchant_id: &str,
 ) -> poem::Result<Response> {
-    let Some(raw_key) = req.headers().get(HEADER) else {
+    // A multipart upload (dispute evidence, up to 8 files of 5 MB) is streamed by its handler,
+    // never buffered here to be fingerprinted; it runs without replay (docs/api.md).
+    let multipart = req
+        .headers()
+        .get(poem::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let Some(raw_key) = req.headers().get(HEADER).filter(|_| !multipart) else {
         return ep.call(req).await.map(IntoResponse::into_response);
     };
     let key = raw_key

@@ -7,6 +7,7 @@ pub const SUBJECT_PAYMENT_CONFIRM: &str = "cmd.payment.confirm";
 pub const SUBJECT_PAYMENT_CAPTURE: &str = "cmd.payment.capture";
 pub const SUBJECT_PAYMENT_CANCEL: &str = "cmd.payment.cancel";
 pub const SUBJECT_PAYMENT_RETURN: &str = "cmd.payment.return";
+pub const SUBJECT_DISPUTE_EVIDENCE: &str = "cmd.payment.dispute_evidence";
 pub const SUBJECT_REFUND_PROCESS: &str = "cmd.refund.process";
 pub const SUBJECT_WEBHOOK_DELIVER: &str = "cmd.webhook.deliver";
 pub const SUBJECT_PROVIDER_EVENT: &str = "cmd.provider_event.process";
@@ -48,6 +49,14 @@ pub enum PaymentCommand {
         merchant_id: String,
         charge_id: String,
     },
+    /// Sends a submitted dispute's evidence to the acquirer, once (the idempotency key is
+    /// derived from the dispute), by the worker that talks to the acquirer.
+    #[serde(rename = "payment.dispute_evidence.v1", rename_all = "camelCase")]
+    SubmitDisputeEvidenceV1 {
+        payment_intent_id: String,
+        merchant_id: String,
+        dispute_id: String,
+    },
 }
 
 impl PaymentCommand {
@@ -75,6 +84,7 @@ impl PaymentCommand {
             PaymentCommand::CaptureV1 { .. } => SUBJECT_PAYMENT_CAPTURE,
             PaymentCommand::CancelV1 { .. } => SUBJECT_PAYMENT_CANCEL,
             PaymentCommand::ReturnOrphanV1 { .. } => SUBJECT_PAYMENT_RETURN,
+            PaymentCommand::SubmitDisputeEvidenceV1 { .. } => SUBJECT_DISPUTE_EVIDENCE,
         }
     }
 
@@ -90,6 +100,9 @@ impl PaymentCommand {
                 payment_intent_id, ..
             }
             | PaymentCommand::ReturnOrphanV1 {
+                payment_intent_id, ..
+            }
+            | PaymentCommand::SubmitDisputeEvidenceV1 {
                 payment_intent_id, ..
             } => payment_intent_id,
         }

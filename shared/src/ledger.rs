@@ -192,6 +192,74 @@ pub async fn post_adjustment(
     Ok(record(conn, posting, Some(shown)).await?.flatten())
 }
 
+static DISPUTE_FEE: OnceLock<Amount> = OnceLock::new();
+
+/// What the acquirer charges for a chargeback: the fee installed with [`install_dispute_fee`]
+/// (from `Config.dispute_fee`), else `PAYSTREAM_DISPUTE_FEE`, else the default (1500).
+pub fn dispute_fee() -> Amount {
+    *DISPUTE_FEE.get_or_init(|| {
+        std::env::var("PAYSTREAM_DISPUTE_FEE")
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|v| *v >= 0)
+            .map_or(
+                Amount::from_stored(crate::domain::fees::DEFAULT_DISPUTE_FEE),
+                Amount::from_stored,
+            )
+    })
+}
+
+/// Sets the process's dispute fee; the first call wins.
+pub fn install_dispute_fee(fee: Amount) {
+    let _ = DISPUTE_FEE.set(fee);
+}
+
+/// Posts a new dispute's withdrawal (the disputed amount and [`dispute_fee`]), in the
+/// transaction that creates the dispute. Shown as an `adjustment` with reporting category
+/// `dispute`. Once per dispute.
+pub async fn post_dispute_withdrawal(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    currency: Currency,
+    dispute_id: &str,
+    amount: Amount,
+) -> Result<Option<BalanceTransaction>, StoreError> {
+    let fee = dispute_fee();
+    let posting = Posting::dispute_withdrawal(merchant_id, currency, dispute_id, amount, fee)
+        .map_err(rejected)?;
+    post_adjustment(
+        conn,
+        &posting,
+        "dispute",
+        -amount.minor_units(),
+        fee.minor_units(),
+        BalanceStatus::Pending,
+    )
+    .await
+}
+
+/// Posts a won dispute's reinstatement of the amount (not the fee), reporting category
+/// `dispute_reversal`. Once per dispute.
+pub async fn post_dispute_reinstatement(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    currency: Currency,
+    dispute_id: &str,
+    amount: Amount,
+) -> Result<Option<BalanceTransaction>, StoreError> {
+    let posting = Posting::dispute_reinstatement(merchant_id, currency, dispute_id, amount)
+        .map_err(rejected)?;
+    post_adjustment(
+        conn,
+        &posting,
+        "dispute_reversal",
+        amount.minor_units(),
+        0,
+        BalanceStatus::Pending,
+    )
+    .await
+}
+
 /// A merchant's balance per currency: what it is owed, settled (`available`) and not yet
 /// (`pending`), in minor units. Liabilities are credits, so the amounts are the accounts'
 /// balances negated.

@@ -310,3 +310,82 @@ impl IntentView for crate::domain::payment_intent::PaymentIntent {
         serde_json::to_value(self.view()).unwrap_or_default()
     }
 }
+
+view_enum! {
+    /// Where a dispute is: `needs_response` until evidence is submitted (then `under_review`)
+    /// or it is closed; `won` and `lost` are final.
+    DisputeStatusView from crate::domain::dispute::DisputeStatus { NeedsResponse, UnderReview, Won, Lost }
+}
+
+/// One evidence file, as listed on its dispute (the content is read separately).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
+#[serde(rename_all = "camelCase")]
+pub struct DisputeFileView {
+    /// `file_...`
+    pub id: String,
+    /// The form field it came under: `receipt`, `shippingDocumentation`,
+    /// `customerCommunicationFile` or `uncategorizedFile`.
+    pub purpose: String,
+    pub filename: String,
+    /// By content: `application/pdf`, `image/png` or `image/jpeg`.
+    pub content_type: String,
+    /// In bytes.
+    pub size: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
+#[serde(rename_all = "camelCase")]
+pub struct DisputeEvidenceView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_communication: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_email_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shipping_tracking_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refund_policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncategorized_text: Option<String>,
+    pub files: Vec<DisputeFileView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
+#[serde(rename_all = "camelCase")]
+pub struct EvidenceDetailsView {
+    pub has_evidence: bool,
+    pub submission_count: i64,
+    /// Whether `evidenceDueBy` has passed.
+    pub past_due: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(Object))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "camelCase"))]
+#[serde(rename_all = "camelCase")]
+pub struct DisputeView {
+    /// `dp_...`
+    pub id: String,
+    pub payment_intent_id: String,
+    /// The disputed amount, in minor units.
+    pub amount: i64,
+    pub currency: String,
+    /// One of Stripe's reasons: `fraudulent`, `duplicate`, `product_not_received`, ...
+    pub reason: String,
+    pub status: DisputeStatusView,
+    /// Evidence must be submitted before this.
+    pub evidence_due_by: DateTime<Utc>,
+    pub evidence: DisputeEvidenceView,
+    pub evidence_details: EvidenceDetailsView,
+    /// The `txn_...` balance transactions this dispute moved money with.
+    pub balance_transactions: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}

@@ -524,6 +524,18 @@ impl Handler for ConfirmWorker {
                 };
                 self.return_orphan(&intent, &charge_id, delivery).await
             }
+            PaymentCommand::SubmitDisputeEvidenceV1 {
+                merchant_id,
+                dispute_id,
+                ..
+            } => crate::dispute_events::send_evidence(
+                &self.pool,
+                self.acquirer.as_ref(),
+                &merchant_id,
+                &dispute_id,
+            )
+            .await
+            .unwrap_or_else(|reason| self.retry_after(reason, delivery)),
         }
     }
 

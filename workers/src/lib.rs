@@ -3,6 +3,8 @@
 pub mod acquirer;
 pub mod confirm;
 pub mod deadlines;
+pub mod dispute_deadlines;
+pub mod dispute_events;
 pub mod health;
 pub mod provider_events;
 pub mod reconcile;

@@ -60,7 +60,7 @@ impl From<sqlx::Error> for ProcessError {
     }
 }
 
-fn unusable(reason: impl Into<String>) -> ProcessError {
+pub(crate) fn unusable(reason: impl Into<String>) -> ProcessError {
     ProcessError::Unusable(reason.into())
 }
 
@@ -138,6 +138,7 @@ impl PaymentTarget {
 pub enum Notice {
     Refund(RefundNotice),
     Payment(PaymentNotice),
+    Dispute(crate::dispute_events::DisputeNotice),
 }
 
 #[derive(Deserialize)]
@@ -166,7 +167,9 @@ struct ChargeData {
     redirect_url: Option<String>,
 }
 
-fn data_of<T: serde::de::DeserializeOwned>(data: &serde_json::Value) -> Result<T, ProcessError> {
+pub(crate) fn data_of<T: serde::de::DeserializeOwned>(
+    data: &serde_json::Value,
+) -> Result<T, ProcessError> {
     serde_json::from_value(data.clone()).map_err(|e| {
         // Name the field, never a value: notifications may carry customer data.
         let text = e.to_string();
@@ -179,7 +182,7 @@ fn data_of<T: serde::de::DeserializeOwned>(data: &serde_json::Value) -> Result<T
     })
 }
 
-fn acquirer_id(raw: &str, prefix: &str, what: &str) -> Result<String, ProcessError> {
+pub(crate) fn acquirer_id(raw: &str, prefix: &str, what: &str) -> Result<String, ProcessError> {
     let ok = raw.len() > prefix.len()
         && raw.len() <= 100
         && raw.starts_with(prefix)
@@ -232,6 +235,10 @@ impl Notice {
                     amount,
                     currency,
                 }))
+            }
+            ProviderEventType::DisputeCreated | ProviderEventType::DisputeClosed => {
+                let d = crate::dispute_events::DisputeNotice::parse(kind, data)?;
+                Ok(Notice::Dispute(d))
             }
             ProviderEventType::PaymentSucceeded
             | ProviderEventType::PaymentFailed
@@ -311,6 +318,7 @@ impl ProviderEventProcessor {
         let outcome = match &notice {
             Notice::Refund(n) => apply_refund(&mut tx, &event, n).await?,
             Notice::Payment(n) => apply_payment(&mut tx, &event, n).await?,
+            Notice::Dispute(n) => crate::dispute_events::apply(&mut tx, &event, n).await?,
         };
         provider_events::mark_processed(&mut tx, event_id, outcome).await?;
         tx.commit().await?;
@@ -355,7 +363,7 @@ impl ProviderEventProcessor {
 
 /// Records, in the audit log of the object it is about, a notification that was not applied
 /// because it would have moved the object backwards.
-async fn record_ignored(
+pub(crate) async fn record_ignored(
     conn: &mut PgConnection,
     merchant_id: &str,
     object_type: &str,
@@ -641,7 +649,7 @@ mod tests {
     fn payment_notices_parse() {
         let parse = |t: &str, data: Value| match Notice::parse(t, &data).unwrap() {
             Notice::Payment(n) => n,
-            Notice::Refund(_) => panic!("a payment"),
+            _ => panic!("a payment"),
         };
         let n = parse("payment.succeeded", charge("captured"));
         assert_eq!(
@@ -685,7 +693,8 @@ mod tests {
 
     #[test]
     fn unusable_notices_say_why() {
-        assert!(reason(Notice::parse("dispute.created", &json!({}))).contains("dispute.created"));
+        assert!(reason(Notice::parse("dispute.updated", &json!({}))).contains("dispute.updated"));
+        assert!(reason(Notice::parse("dispute.created", &json!({}))).contains("missing field"));
         assert!(
             reason(Notice::parse("refund.succeeded", &json!({"id": "rf_1"})))
                 .contains("missing field")

@@ -4,7 +4,8 @@
 //! connection (or process) dies, because PostgreSQL releases the lock with the session.
 //!
 //! Each round reconciles with the acquirer, keeps the payment intents' deadlines (expired
-//! authorizations, the notice before they expire, abandoned intents: see [`deadlines`]),
+//! authorizations, the notice before they expire, abandoned intents: see [`deadlines`]), the
+//! disputes' deadlines (`dispute_deadlines`),
 //! purges what has outlived its purpose and refreshes planner statistics.
 
 use std::future::Future;
@@ -166,6 +167,7 @@ pub async fn tick(
         tracing::error!(error = %e, "settlement reconciliation failed");
     }
     keep_deadlines(pool, acquirer, thresholds).await;
+    crate::dispute_deadlines::run_once(pool).await;
     match purge(pool).await {
         Ok((keys, outbox)) => {
             tracing::info!(idempotency_keys = keys, outbox_rows = outbox, "purged")

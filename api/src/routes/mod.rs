@@ -1,5 +1,7 @@
 pub mod audit;
 pub mod balance;
+pub mod dispute_evidence;
+pub mod disputes;
 pub mod ops;
 pub mod payment_intents;
 pub mod payment_methods;
@@ -20,6 +22,8 @@ pub enum ApiTags {
     Refunds,
     /// What the merchant is owed, and every movement of money behind it.
     Balance,
+    /// Chargebacks: answer them with evidence, or accept the loss.
+    Disputes,
     /// Subscribe endpoints to events and follow their deliveries.
     Webhooks,
     /// What happened: the events webhooks deliver.

@@ -24,6 +24,8 @@ pub enum IdKind {
     LedgerTransaction,
     Payout,
     SettlementDiscrepancy,
+    /// A dispute's evidence file.
+    File,
 }
 
 impl IdKind {
@@ -43,6 +45,7 @@ impl IdKind {
             IdKind::LedgerTransaction => "ltx_",
             IdKind::Payout => "po_",
             IdKind::SettlementDiscrepancy => "sd_",
+            IdKind::File => "file_",
         }
     }
 
@@ -115,6 +118,7 @@ mod tests {
             IdKind::LedgerTransaction,
             IdKind::Payout,
             IdKind::SettlementDiscrepancy,
+            IdKind::File,
         ];
         let mut prefixes: Vec<_> = kinds.iter().map(|k| k.prefix()).collect();
         prefixes.sort_unstable();

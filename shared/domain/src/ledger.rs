@@ -216,6 +216,47 @@ impl Posting {
         )
     }
 
+    /// A chargeback of `amount` plus the acquirer's dispute `fee`: out of the merchant's pending
+    /// balance, the amount owed to the acquirer (which already took it back from us) and the
+    /// fee charged, until a settlement nets them.
+    pub fn dispute_withdrawal(
+        merchant_id: &str,
+        currency: Currency,
+        dispute_id: &str,
+        amount: Amount,
+        fee: Amount,
+    ) -> Result<Self, DomainError> {
+        let (a, f) = (amount.minor_units(), fee.minor_units());
+        Self::new(
+            merchant_id,
+            currency,
+            PostingKind::DisputeWithdrawal,
+            dispute_id,
+            &[
+                (Account::MerchantPending, a + f),
+                (Account::Disputes, -a),
+                (Account::Fees, -f),
+            ],
+        )
+    }
+
+    /// A won dispute: the disputed amount comes back to the merchant; the fee does not.
+    pub fn dispute_reinstatement(
+        merchant_id: &str,
+        currency: Currency,
+        dispute_id: &str,
+        amount: Amount,
+    ) -> Result<Self, DomainError> {
+        let a = amount.minor_units();
+        Self::new(
+            merchant_id,
+            currency,
+            PostingKind::DisputeReinstatement,
+            dispute_id,
+            &[(Account::MerchantPending, -a), (Account::Disputes, a)],
+        )
+    }
+
     /// Settles the movement `original` posted (one balance transaction's, whose net sits in
     /// `merchant_pending`) into a payout: the net moves from pending to available, and every
     /// acquirer-side leg is reversed into `payouts`, where the payout posting picks it up.

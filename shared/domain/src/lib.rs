@@ -2,6 +2,7 @@
 //! Nothing in here knows about HTTP, NATS or SQL.
 #![forbid(unsafe_code)]
 
+pub mod dispute;
 pub mod fees;
 pub mod ids;
 pub mod ledger;

@@ -260,16 +260,22 @@ pub enum ProviderEventType {
     PaymentSucceeded,
     PaymentFailed,
     PaymentRequiresAction,
+    /// The acquirer opened a chargeback.
+    DisputeCreated,
+    /// The acquirer decided a chargeback: `won` or `lost`.
+    DisputeClosed,
 }
 
 impl ProviderEventType {
-    pub const ALL: [ProviderEventType; 6] = [
+    pub const ALL: [ProviderEventType; 8] = [
         ProviderEventType::RefundPending,
         ProviderEventType::RefundSucceeded,
         ProviderEventType::RefundFailed,
         ProviderEventType::PaymentSucceeded,
         ProviderEventType::PaymentFailed,
         ProviderEventType::PaymentRequiresAction,
+        ProviderEventType::DisputeCreated,
+        ProviderEventType::DisputeClosed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -280,6 +286,8 @@ impl ProviderEventType {
             ProviderEventType::PaymentSucceeded => "payment.succeeded",
             ProviderEventType::PaymentFailed => "payment.failed",
             ProviderEventType::PaymentRequiresAction => "payment.requires_action",
+            ProviderEventType::DisputeCreated => "dispute.created",
+            ProviderEventType::DisputeClosed => "dispute.closed",
         }
     }
 }
@@ -565,7 +573,9 @@ mod tests {
             assert_eq!(t.as_str().parse::<ProviderEventType>().unwrap(), t);
             assert_eq!(t.to_string(), t.as_str());
         }
-        assert!("dispute.created".parse::<ProviderEventType>().is_err());
+        assert!("dispute.funds_withdrawn"
+            .parse::<ProviderEventType>()
+            .is_err());
         assert_eq!(ProcessingOutcome::Applied.as_str(), "applied");
         assert_eq!(ProcessingOutcome::Unchanged.as_str(), "unchanged");
         assert_eq!(ProcessingOutcome::Ignored.as_str(), "ignored");

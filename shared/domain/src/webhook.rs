@@ -186,6 +186,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "dispute.updated",
     "dispute.closed",
     "dispute.deadline_approaching",
+    "dispute.funds_withdrawn",
+    "dispute.funds_reinstated",
     "settlement.discrepancy_found",
 ];
 

@@ -5,6 +5,7 @@
 pub mod audit_log;
 pub mod balance_transactions;
 pub mod change;
+pub mod disputes;
 pub mod events;
 pub mod idempotency_keys;
 pub mod intent_deadlines;

@@ -120,6 +120,15 @@ pub async fn create(
             ),
         )));
     }
+    // The intent is locked, and dispute creation takes the same lock first, so a chargeback
+    // arriving while this refund is decided waits for it (and the other way round).
+    if super::disputes::has_open(&mut *conn, &intent.id).await? {
+        return Err(StoreError::InvalidTransition(DomainError::new(
+            "charge_disputed",
+            None,
+            "This payment is disputed; it cannot be refunded while the dispute is open",
+        )));
+    }
     let committed: i64 = sqlx::query_scalar(
         "SELECT coalesce(sum(amount), 0)::bigint FROM refunds WHERE payment_intent_id = $1 AND status <> 'failed'",
     )

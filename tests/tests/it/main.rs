@@ -8,6 +8,7 @@ mod browser;
 mod card_data;
 mod chaos;
 mod deadlines;
+mod disputes;
 mod idempotency;
 mod idempotency_fencing;
 mod intents;

@@ -269,6 +269,24 @@ impl Acquirer for HttpAcquirer {
         success_body(status, &bytes)
     }
 
+    async fn submit_dispute_evidence(
+        &self,
+        acquirer_dispute_id: &str,
+        idempotency_key: &str,
+        evidence: &serde_json::Value,
+    ) -> Result<(), AcquirerError> {
+        let body = serde_json::json!({ "evidence": evidence });
+        let (status, bytes) = self
+            .call(
+                Method::POST,
+                self.url(&format!("v1/disputes/{acquirer_dispute_id}/evidence"))?,
+                Some(idempotency_key),
+                Some(&body),
+            )
+            .await?;
+        success_body::<serde_json::Value>(status, &bytes).map(|_| ())
+    }
+
     async fn refund(&self, req: &RefundRequest) -> Result<RefundReceipt, AcquirerError> {
         let body = RefundBody {
             payment: &req.charge_id,

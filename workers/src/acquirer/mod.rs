@@ -50,6 +50,14 @@ pub trait Acquirer: Send + Sync {
     /// Releases an authorization that was never captured.
     async fn void(&self, req: &VoidRequest) -> Result<Charge, AcquirerError>;
     async fn refund(&self, req: &RefundRequest) -> Result<RefundReceipt, AcquirerError>;
+    /// Sends a dispute's evidence (`POST /v1/disputes/{id}/evidence`); the acquirer decides
+    /// later and says so by notification.
+    async fn submit_dispute_evidence(
+        &self,
+        acquirer_dispute_id: &str,
+        idempotency_key: &str,
+        evidence: &serde_json::Value,
+    ) -> Result<(), AcquirerError>;
     /// The charges the acquirer holds for one of our references, oldest first. Reconciliation
     /// and recovery ask this when they do not know whether a call went through.
     async fn charges_for_reference(&self, reference: &str) -> Result<Vec<Charge>, AcquirerError>;
