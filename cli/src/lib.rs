@@ -85,7 +85,7 @@ pub enum KeysCommand {
     Create {
         #[arg(long)]
         merchant: String,
-        #[arg(long, default_value = "admin", value_parser = ["admin", "read_only", "publishable"])]
+        #[arg(long, default_value = "admin", value_parser = ["admin", "developer", "support", "read_only", "publishable"])]
         role: String,
     },
     /// List keys (never the secrets: only their first characters).

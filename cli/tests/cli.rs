@@ -82,6 +82,23 @@ async fn keys_create_list_revoke() {
     let (ok, _, _) =
         run(paystream(&db).args(["keys", "create", "--merchant", "x", "--role", "root"]));
     assert!(!ok, "unknown roles are refused");
+    for (name, role) in [
+        (
+            "developer",
+            paystream_shared::store::merchants::Role::Developer,
+        ),
+        ("support", paystream_shared::store::merchants::Role::Support),
+    ] {
+        let (ok, out, _) =
+            run(paystream(&db).args(["keys", "create", "--merchant", "acme", "--role", name]));
+        assert!(ok, "{out}");
+        let sk = out.split_whitespace().last().unwrap();
+        let owner = paystream_shared::store::merchants::authenticate(&db.pool, sk)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(owner.role, role);
+    }
     let (ok, out, _) = run(paystream(&db).args([
         "keys",
         "create",

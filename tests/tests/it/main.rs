@@ -18,6 +18,7 @@ mod provider;
 mod reconcile;
 mod refunds;
 mod request_path;
+mod roles;
 mod three_ds;
 mod validation;
 mod webhooks;
