@@ -29,6 +29,29 @@ impl AuthContext {
     pub fn actor(&self) -> Actor {
         Actor::ApiKey(self.key_id.clone())
     }
+
+    /// Records this key's read of payment data in the audit log (see
+    /// [`audit::record_read`]); every handler that serves payment data calls it before
+    /// answering. Dispute evidence downloads, when they land, call it the same way with
+    /// object type `dispute_evidence`.
+    pub async fn record_read(
+        &self,
+        state: &AppState,
+        object_type: &str,
+        object_id: &str,
+        seen: serde_json::Value,
+    ) -> Result<(), ApiError> {
+        audit::record_read(
+            &state.pool,
+            &self.merchant_id,
+            &self.actor(),
+            object_type,
+            object_id,
+            seen,
+        )
+        .await
+        .map_err(ApiError::from)
+    }
 }
 
 /// Your secret API key, `Authorization: Bearer sk_...`. Keys belong to one merchant.
@@ -138,7 +161,7 @@ async fn refused(state: &AppState, owner: &KeyOwner, method: &str, path: &str) -
             merchant_id: Some(&owner.merchant_id),
             object_type: "api_key",
             object_id: &owner.key_id,
-            action: "access.refused",
+            action: audit::ACCESS_REFUSED,
             actor: &actor,
             before: None,
             after: Some(serde_json::json!({

@@ -454,3 +454,40 @@ async fn up_starts_its_own_postgres_and_nats_when_none_answer() {
     }
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[tokio::test]
+async fn audit_access_lists_reads_since_a_time() {
+    let db = TestDb::new().await;
+    let (ok, out, err) = run(paystream(&db).args(["audit", "access"]));
+    assert!(ok, "{err}");
+    assert!(out.trim().is_empty(), "nothing read yet: {out}");
+    let actor = paystream_shared::audit::Actor::ApiKey("key_reader".into());
+    paystream_shared::audit::record_read(
+        &db.pool,
+        "mer_1",
+        &actor,
+        "balance",
+        "balance:mer_1",
+        serde_json::json!([]),
+    )
+    .await
+    .unwrap();
+    let (ok, out, _) = run(paystream(&db).args(["audit", "access"]));
+    assert!(ok);
+    assert!(
+        out.contains("api_key:key_reader access.read balance balance:mer_1 merchant mer_1"),
+        "{out}"
+    );
+    let (ok, out, _) = run(paystream(&db).args(["audit", "access", "--json"]));
+    assert!(ok);
+    let entries: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(entries[0]["actor"], "api_key:key_reader");
+    let (ok, out, _) =
+        run(paystream(&db).args(["audit", "access", "--since", "2999-01-01T00:00:00Z"]));
+    assert!(ok && out.trim().is_empty(), "{out}");
+    let (ok, _, err) = run(paystream(&db).args(["audit", "access", "--since", "yesterday"]));
+    assert!(!ok && err.contains("RFC 3339"), "{err}");
+    // The read is on the chain `audit verify` walks.
+    let (ok, out, _) = run(paystream(&db).args(["audit", "verify"]));
+    assert!(ok && out.contains("1 entries verified"), "{out}");
+}

@@ -1,6 +1,7 @@
 //! The integration suite: one binary, every test against real PostgreSQL, NATS JetStream and
 //! the acquirer simulator, each with its own database and stream prefix.
 
+mod access;
 mod architecture;
 mod audit;
 mod auth;
