@@ -9,7 +9,9 @@ use poem_openapi::auth::Bearer;
 use poem_openapi::SecurityScheme;
 
 use paystream_shared::audit::Actor;
-use paystream_shared::store::merchants::{self, Role};
+use paystream_shared::audit::{self, NewEntry};
+use paystream_shared::roles::{self, Access};
+use paystream_shared::store::merchants::{self, KeyOwner, Role};
 
 use crate::error::ApiError;
 use crate::rate_limit::RateLimiter;
@@ -26,6 +28,29 @@ pub struct AuthContext {
 impl AuthContext {
     pub fn actor(&self) -> Actor {
         Actor::ApiKey(self.key_id.clone())
+    }
+
+    /// Records this key's read of payment data in the audit log (see
+    /// [`audit::record_read`]); every handler that serves payment data calls it before
+    /// answering. Dispute evidence downloads, when they land, call it the same way with
+    /// object type `dispute_evidence`.
+    pub async fn record_read(
+        &self,
+        state: &AppState,
+        object_type: &str,
+        object_id: &str,
+        seen: serde_json::Value,
+    ) -> Result<(), ApiError> {
+        audit::record_read(
+            &state.pool,
+            &self.merchant_id,
+            &self.actor(),
+            object_type,
+            object_id,
+            seen,
+        )
+        .await
+        .map_err(ApiError::from)
     }
 }
 
@@ -88,16 +113,22 @@ pub async fn guard<E: Endpoint>(
     if let Err(limited) = limiter.check(&owner.key_id, Instant::now()) {
         return Err(ApiError::rate_limited(limited.retry_after_secs).into());
     }
-    if !owner.role.may_use_api() {
-        return Err(ApiError::forbidden(
-            "A publishable key may only create tokens at the vault (POST /vault/tokens).",
-        )
+    // Fail closed: a path the role table does not list is refused to every role but admin
+    // (which may do everything, and so gets the router's own 404 or 405).
+    let path = req.uri().path();
+    let path = path.strip_prefix("/api").unwrap_or(path);
+    let allowed = match roles::operation(req.method().as_str(), path).map(|o| o.access) {
+        Some(Access::Key(permission)) => owner.role.permits(permission),
+        Some(Access::Signed) | None => owner.role == Role::Admin,
+    };
+    if !allowed {
+        let (method, path) = (req.method().to_string(), path.to_owned());
+        refused(&state, &owner, &method, &path).await?;
+        return Err(ApiError::forbidden(format!(
+            "A `{}` key may not call {method} {path}.",
+            owner.role.as_str()
+        ))
         .into());
-    }
-    if req.method() != Method::GET && !owner.role.may_write() {
-        return Err(
-            ApiError::forbidden(format!("A `{}` key may only read.", owner.role.as_str())).into(),
-        );
     }
     let ctx = AuthContext {
         merchant_id: owner.merchant_id,
@@ -117,6 +148,32 @@ pub async fn guard<E: Endpoint>(
     } else {
         ep.call(req).await.map(IntoResponse::into_response)
     }
+}
+
+/// A refused call is audit-logged against the key that made it, before the 403 goes out; if
+/// the entry cannot be written the call fails as the store does, never silently.
+async fn refused(state: &AppState, owner: &KeyOwner, method: &str, path: &str) -> poem::Result<()> {
+    let mut conn = state.pool.acquire().await.map_err(ApiError::from)?;
+    let actor = Actor::ApiKey(owner.key_id.clone());
+    audit::append(
+        &mut conn,
+        NewEntry {
+            merchant_id: Some(&owner.merchant_id),
+            object_type: "api_key",
+            object_id: &owner.key_id,
+            action: audit::ACCESS_REFUSED,
+            actor: &actor,
+            before: None,
+            after: Some(serde_json::json!({
+                "method": method,
+                "path": path,
+                "role": owner.role.as_str(),
+            })),
+        },
+    )
+    .await
+    .map_err(ApiError::from)?;
+    Ok(())
 }
 
 #[cfg(test)]

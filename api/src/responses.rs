@@ -50,12 +50,12 @@ pub const RATE_LIMITED: u32 = 1 << 7;
 pub const INTERNAL: u32 = 1 << 8;
 pub const UNAVAILABLE: u32 = 1 << 9;
 
-/// Every authenticated call: bad query or path values, no or a bad key, the key's rate limit,
-/// and an unexpected failure.
-pub const READ: u32 = BAD_REQUEST | UNAUTHORIZED | RATE_LIMITED | INTERNAL;
-/// Every authenticated POST with a JSON body: a read-only key may not write, the body has a
-/// size limit, and it runs under its Idempotency-Key.
-pub const WRITE: u32 = READ | FORBIDDEN | TOO_LARGE | IDEMPOTENCY_REUSED;
+/// Every authenticated call: bad query or path values, no or a bad key, a role the call is not
+/// open to (see `paystream_shared::roles`), the key's rate limit, and an unexpected failure.
+pub const READ: u32 = BAD_REQUEST | UNAUTHORIZED | FORBIDDEN | RATE_LIMITED | INTERNAL;
+/// Every authenticated POST with a JSON body: the body has a size limit, and it runs under its
+/// Idempotency-Key.
+pub const WRITE: u32 = READ | TOO_LARGE | IDEMPOTENCY_REUSED;
 
 const STATUSES: &[(u32, u16, &str)] = &[
     (BAD_REQUEST, 400, "Invalid input: a missing, unknown or malformed parameter (`param` names it)."),

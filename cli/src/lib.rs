@@ -96,7 +96,7 @@ pub enum KeysCommand {
     Create {
         #[arg(long)]
         merchant: String,
-        #[arg(long, default_value = "admin", value_parser = ["admin", "read_only", "publishable"])]
+        #[arg(long, default_value = "admin", value_parser = ["admin", "developer", "support", "read_only", "publishable"])]
         role: String,
     },
     /// List keys (never the secrets: only their first characters).
@@ -122,6 +122,22 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List every read of payment data and every refused call, of every merchant, oldest
+    /// first: time, actor, what was read, merchant. (The vault's token use and forwards are in
+    /// the vault's own audit table.)
+    Access {
+        /// Only entries at or after this time (RFC 3339, e.g. `2026-01-31T00:00:00Z`).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_since(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("--since must be an RFC 3339 time: {e}"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +190,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Verify { json },
         } => audit_verify(&config, json).await,
+        Command::Audit {
+            command: AuditCommand::Access { since, json },
+        } => audit_access(&config, since, json).await,
         Command::Ledger {
             command: LedgerCommand::Verify { json },
         } => ledger_verify(&config, json).await,
@@ -328,6 +347,31 @@ async fn ledger_verify(config: &Config, json: bool) -> anyhow::Result<ExitCode> 
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn audit_access(
+    config: &Config,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let pool = database(config).await?;
+    let entries = paystream_shared::audit::list_access(&pool, since).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+    } else {
+        for e in &entries {
+            println!(
+                "{} {} {} {} {} merchant {}",
+                e.created_at.to_rfc3339(),
+                e.actor,
+                e.action,
+                e.object_type,
+                e.object_id,
+                e.merchant_id.as_deref().unwrap_or("-"),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn audit_verify(config: &Config, json: bool) -> anyhow::Result<ExitCode> {

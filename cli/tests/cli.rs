@@ -82,6 +82,23 @@ async fn keys_create_list_revoke() {
     let (ok, _, _) =
         run(paystream(&db).args(["keys", "create", "--merchant", "x", "--role", "root"]));
     assert!(!ok, "unknown roles are refused");
+    for (name, role) in [
+        (
+            "developer",
+            paystream_shared::store::merchants::Role::Developer,
+        ),
+        ("support", paystream_shared::store::merchants::Role::Support),
+    ] {
+        let (ok, out, _) =
+            run(paystream(&db).args(["keys", "create", "--merchant", "acme", "--role", name]));
+        assert!(ok, "{out}");
+        let sk = out.split_whitespace().last().unwrap();
+        let owner = paystream_shared::store::merchants::authenticate(&db.pool, sk)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(owner.role, role);
+    }
     let (ok, out, _) = run(paystream(&db).args([
         "keys",
         "create",
@@ -708,4 +725,41 @@ async fn up_with_tls_serves_the_api_and_the_vault_over_https_with_a_local_ca() {
     let exit = up.stop();
     assert!(exit.success(), "{exit:?}");
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[tokio::test]
+async fn audit_access_lists_reads_since_a_time() {
+    let db = TestDb::new().await;
+    let (ok, out, err) = run(paystream(&db).args(["audit", "access"]));
+    assert!(ok, "{err}");
+    assert!(out.trim().is_empty(), "nothing read yet: {out}");
+    let actor = paystream_shared::audit::Actor::ApiKey("key_reader".into());
+    paystream_shared::audit::record_read(
+        &db.pool,
+        "mer_1",
+        &actor,
+        "balance",
+        "balance:mer_1",
+        serde_json::json!([]),
+    )
+    .await
+    .unwrap();
+    let (ok, out, _) = run(paystream(&db).args(["audit", "access"]));
+    assert!(ok);
+    assert!(
+        out.contains("api_key:key_reader access.read balance balance:mer_1 merchant mer_1"),
+        "{out}"
+    );
+    let (ok, out, _) = run(paystream(&db).args(["audit", "access", "--json"]));
+    assert!(ok);
+    let entries: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(entries[0]["actor"], "api_key:key_reader");
+    let (ok, out, _) =
+        run(paystream(&db).args(["audit", "access", "--since", "2999-01-01T00:00:00Z"]));
+    assert!(ok && out.trim().is_empty(), "{out}");
+    let (ok, _, err) = run(paystream(&db).args(["audit", "access", "--since", "yesterday"]));
+    assert!(!ok && err.contains("RFC 3339"), "{err}");
+    // The read is on the chain `audit verify` walks.
+    let (ok, out, _) = run(paystream(&db).args(["audit", "verify"]));
+    assert!(ok && out.contains("1 entries verified"), "{out}");
 }

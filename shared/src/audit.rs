@@ -67,6 +67,74 @@ fn hex_bytes<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error
     s.serialize_str(&hex::encode(bytes))
 }
 
+/// The action of an access entry: a read of payment data (a payment method, the balance, its
+/// transactions; dispute evidence files when they land). Access entries live in this same log,
+/// so they are append-only, hash-chained and covered by [`verify`] exactly as state changes
+/// are; `GET /api/audit-log?actor=` and `paystream audit access` list them.
+pub const ACCESS_READ: &str = "access.read";
+/// The action of a call the key's role does not allow (see [`crate::roles`]).
+pub const ACCESS_REFUSED: &str = "access.refused";
+
+/// Records that `actor` read `object_type`/`object_id` of this merchant; `seen` names what the
+/// answer held (the ids of a page). Written before the answer goes out: a read that cannot be
+/// recorded is not served.
+pub async fn record_read(
+    pool: &PgPool,
+    merchant_id: &str,
+    actor: &Actor,
+    object_type: &str,
+    object_id: &str,
+    seen: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    append(
+        &mut conn,
+        NewEntry {
+            merchant_id: Some(merchant_id),
+            object_type,
+            object_id,
+            action: ACCESS_READ,
+            actor,
+            before: None,
+            after: Some(serde_json::json!({ "seen": seen })),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// One access entry, for the operator's `paystream audit access`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessEntry {
+    pub id: String,
+    pub merchant_id: Option<String>,
+    pub action: String,
+    pub object_type: String,
+    pub object_id: String,
+    pub actor: String,
+    pub after: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Every access entry (reads and refusals) of every merchant since `since`, oldest first.
+pub async fn list_access(
+    pool: &PgPool,
+    since: Option<DateTime<Utc>>,
+) -> Result<Vec<AccessEntry>, sqlx::Error> {
+    sqlx::query_as::<_, AccessEntry>(
+        "SELECT id, merchant_id, action, object_type, object_id, actor, after, created_at
+         FROM audit_log
+         WHERE action IN ($1, $2) AND ($3::timestamptz IS NULL OR created_at >= $3)
+         ORDER BY seq",
+    )
+    .bind(ACCESS_READ)
+    .bind(ACCESS_REFUSED)
+    .bind(since)
+    .fetch_all(pool)
+    .await
+}
+
 /// Whether `id` is an audit entry of this merchant: a list cursor must name one.
 pub async fn exists(pool: &PgPool, merchant_id: &str, id: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM audit_log WHERE id = $1 AND merchant_id = $2)")
@@ -76,12 +144,14 @@ pub async fn exists(pool: &PgPool, merchant_id: &str, id: &str) -> Result<bool, 
         .await
 }
 
-/// Newest first, scoped to one merchant, optionally to one object; `starting_after` is an entry
-/// id of that merchant (the caller checks it with [`exists`]).
+/// Newest first, scoped to one merchant, optionally to one object and to one actor (as
+/// rendered: `api_key:key_...`); `starting_after` is an entry id of that merchant (the caller
+/// checks it with [`exists`]).
 pub async fn list(
     pool: &PgPool,
     merchant_id: &str,
     object_id: Option<&str>,
+    actor: Option<&str>,
     limit: i64,
     starting_after: Option<&str>,
 ) -> Result<Vec<Entry>, sqlx::Error> {
@@ -91,6 +161,7 @@ pub async fn list(
          WHERE merchant_id = $1
            AND ($2::text IS NULL OR object_id = $2)
            AND ($3::text IS NULL OR seq < (SELECT seq FROM audit_log WHERE id = $3 AND merchant_id = $1))
+           AND ($5::text IS NULL OR actor = $5)
          ORDER BY seq DESC
          LIMIT $4",
     )
@@ -98,6 +169,7 @@ pub async fn list(
     .bind(object_id)
     .bind(starting_after)
     .bind(limit)
+    .bind(actor)
     .fetch_all(pool)
     .await
 }

@@ -18,6 +18,7 @@ pub mod db;
 pub mod ledger;
 pub mod outbox;
 pub mod retry;
+pub mod roles;
 pub mod settlement_views;
 pub mod shutdown;
 pub mod store;

@@ -105,7 +105,7 @@ pub async fn merchant(state: &State, headers: &HeaderMap) -> Result<KeyOwner, Va
         .await
         .map_err(|e| VaultError::internal(&e))?
         .ok_or_else(|| VaultError::unauthorized("Invalid API key provided."))?;
-    if !owner.role.may_tokenize() {
+    if !paystream_shared::roles::VAULT_TOKENIZE.permitted_to(owner.role) {
         return Err(VaultError::forbidden(format!(
             "A `{}` key may not create tokens.",
             owner.role.as_str()

@@ -40,6 +40,9 @@ impl AuditApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         #[oai(name = "objectId")] object_id: Query<Option<String>>,
+        /// Only what this actor did, as entries name it: `api_key:key_...` (reads of payment
+        /// data are entries with action `access.read`).
+        actor: Query<Option<String>>,
         limit: Query<Option<String>>,
         #[oai(name = "startingAfter")] starting_after: Query<Option<String>>,
     ) -> Result<AuditListResponse, Errors<READ>> {
@@ -60,6 +63,7 @@ impl AuditApi {
             &state.pool,
             &auth.0.merchant_id,
             object_id.0.as_deref(),
+            actor.0.as_deref(),
             limit + 1,
             starting_after.0.as_deref(),
         )

@@ -199,6 +199,14 @@ impl BalanceApi {
         let b = ledger::balance(&state.pool, &auth.0.merchant_id)
             .await
             .map_err(ApiError::from)?;
+        auth.0
+            .record_read(
+                &state,
+                "balance",
+                &format!("balance:{}", auth.0.merchant_id),
+                serde_json::json!([]),
+            )
+            .await?;
         let list = |m: &std::collections::BTreeMap<String, i64>| {
             m.iter()
                 .map(|(currency, amount)| BalanceAmount {
@@ -270,6 +278,15 @@ impl BalanceApi {
         let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
         let has_more = rows.len() > wanted;
         rows.truncate(wanted);
+        let seen: Vec<&str> = rows.iter().map(|t| t.id.as_str()).collect();
+        auth.0
+            .record_read(
+                &state,
+                "balance_transaction_list",
+                &format!("balance_transactions:{}", auth.0.merchant_id),
+                serde_json::json!(seen),
+            )
+            .await?;
         Ok(BalanceTransactionListResponse::Ok(SerdeJson(
             BalanceTransactionList {
                 data: rows.iter().map(BalanceTransactionView::of).collect(),

@@ -218,6 +218,9 @@ impl PaymentMethodsApi {
         id: Path<String>,
     ) -> Result<PaymentMethodResponse, Errors<{ READ | NOT_FOUND }>> {
         let pm = load(&state, &auth.0, &id.0).await?;
+        auth.0
+            .record_read(&state, "payment_method", &pm.id, serde_json::json!([pm.id]))
+            .await?;
         Ok(PaymentMethodResponse::Ok(SerdeJson(pm.view())))
     }
 
@@ -253,6 +256,16 @@ impl PaymentMethodsApi {
         let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
         let has_more = rows.len() > wanted;
         rows.truncate(wanted);
+        // A page is one read, of the merchant's payment methods, naming each one it showed.
+        let seen: Vec<&str> = rows.iter().map(|pm| pm.id.as_str()).collect();
+        auth.0
+            .record_read(
+                &state,
+                "payment_method_list",
+                &format!("payment_methods:{}", auth.0.merchant_id),
+                serde_json::json!(seen),
+            )
+            .await?;
         Ok(PaymentMethodListResponse::Ok(SerdeJson(
             PaymentMethodList {
                 data: rows.iter().map(PaymentMethod::view).collect(),

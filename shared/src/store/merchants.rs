@@ -12,11 +12,16 @@ use super::StoreError;
 use crate::domain::ids::IdKind;
 use crate::domain::DomainError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What a key may do is decided by its role, through the table in [`crate::roles`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Everything the API offers.
     Admin,
+    /// Payments, refunds, webhooks and disputes; no key management.
+    Developer,
+    /// Reads, refunds and dispute evidence; no webhook or key changes.
+    Support,
     /// GET only: dashboards and reporting jobs that must never move money.
     ReadOnly,
     /// A `pk_` key that may sit in a browser: it may only create vault tokens.
@@ -24,41 +29,36 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, in the order the docs list them.
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::Developer,
+        Role::Support,
+        Role::ReadOnly,
+        Role::Publishable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",
+            Role::Developer => "developer",
+            Role::Support => "support",
             Role::ReadOnly => "read_only",
             Role::Publishable => "publishable",
         }
     }
 
     pub fn parse(raw: &str) -> Result<Role, DomainError> {
-        match raw {
-            "admin" => Ok(Role::Admin),
-            "read_only" => Ok(Role::ReadOnly),
-            "publishable" => Ok(Role::Publishable),
-            _ => Err(DomainError::new(
-                "parameter_invalid",
-                Some("role".into()),
-                "role must be `admin`, `read_only` or `publishable`",
-            )),
-        }
-    }
-
-    /// The one check point for what a role may do.
-    pub fn may_write(self) -> bool {
-        matches!(self, Role::Admin)
-    }
-
-    /// Whether the key may call the paystream API (`/api`) at all: a publishable key may not.
-    pub fn may_use_api(self) -> bool {
-        !matches!(self, Role::Publishable)
-    }
-
-    /// Whether the key may create vault tokens: publishable keys and every secret key that
-    /// may write.
-    pub fn may_tokenize(self) -> bool {
-        matches!(self, Role::Publishable) || self.may_write()
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == raw)
+            .ok_or_else(|| {
+                DomainError::new(
+                    "parameter_invalid",
+                    Some("role".into()),
+                    "role must be `admin`, `developer`, `support`, `read_only` or `publishable`",
+                )
+            })
     }
 
     /// What a new key of this role starts with: `pk_` for publishable keys, `sk_` otherwise.
@@ -352,13 +352,13 @@ mod tests {
 
     #[test]
     fn roles() {
-        assert!(Role::parse("admin").unwrap().may_write());
-        assert!(!Role::parse("read_only").unwrap().may_write());
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()).unwrap(), role);
+        }
         assert!(Role::parse("root").is_err());
         assert_eq!(Role::ReadOnly.as_str(), "read_only");
         let pk = Role::parse("publishable").unwrap();
-        assert!(!pk.may_write() && !pk.may_use_api() && pk.may_tokenize());
-        assert!(Role::Admin.may_tokenize() && !Role::ReadOnly.may_tokenize());
+        assert_eq!(generate_key(Role::Support).get(..3), Some("sk_"));
         assert!(generate_key(pk).starts_with("pk_") && generate_key(pk).len() == 43);
     }
 }

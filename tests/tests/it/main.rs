@@ -1,6 +1,7 @@
 //! The integration suite: one binary, every test against real PostgreSQL, NATS JetStream and
 //! the acquirer simulator, each with its own database and stream prefix.
 
+mod access;
 mod architecture;
 mod audit;
 mod auth;
@@ -21,6 +22,7 @@ mod provider;
 mod reconcile;
 mod refunds;
 mod request_path;
+mod roles;
 mod security;
 mod settlement;
 mod three_ds;

@@ -8,11 +8,11 @@ use serde_json::{json, Value};
 use paystream_shared::store::merchants::Role;
 use paystream_tests::{spawn_app, spawn_app_with, Reply, TestApp};
 
-const VISA: &str = "4242424242424242";
+pub(crate) const VISA: &str = "4242424242424242";
 const MASTERCARD: &str = "5555555555554444";
 const ACCOUNT: &str = "000123456789";
 
-fn card(number: &str) -> Value {
+pub(crate) fn card(number: &str) -> Value {
     json!({"card": {"number": number, "expMonth": 12, "expYear": 2034, "cvc": "123"}})
 }
 
@@ -27,7 +27,7 @@ fn bank(account: &str) -> Value {
 }
 
 /// An app with its vault running, and a publishable key of its merchant.
-async fn app_with_vault() -> (TestApp, String) {
+pub(crate) async fn app_with_vault() -> (TestApp, String) {
     let app = spawn_app().await;
     app.start_vault().await;
     let pk = app.publishable_key().await;
@@ -49,7 +49,7 @@ async fn create_pm(app: &TestApp, kind: &str, token: &str, customer: &str) -> Re
 }
 
 /// Tokenizes `instrument` and stores it for `customer`; the payment method.
-async fn stored(app: &TestApp, pk: &str, instrument: Value, customer: &str) -> Value {
+pub(crate) async fn stored(app: &TestApp, pk: &str, instrument: Value, customer: &str) -> Value {
     let kind = if instrument.get("card").is_some() {
         "card"
     } else {
@@ -146,7 +146,8 @@ async fn a_token_becomes_a_payment_method_that_can_be_read_listed_and_detached()
     let got = app.get(&format!("/api/payment-methods/{id}")).await;
     assert!(got.body["customerId"].is_null());
 
-    // Create and detach are in the audit log, with the key that did them.
+    // Create and detach are in the audit log, with the key that did them, and so is each
+    // read of the method, in its place on the method's chain.
     let actions: Vec<(String, String)> = sqlx::query_as(
         "SELECT action, actor FROM audit_log WHERE object_id = $1 ORDER BY created_at, id",
     )
@@ -155,7 +156,15 @@ async fn a_token_becomes_a_payment_method_that_can_be_read_listed_and_detached()
     .await
     .unwrap();
     let names: Vec<&str> = actions.iter().map(|(a, _)| a.as_str()).collect();
-    assert_eq!(names, ["payment_method.created", "payment_method.detached"]);
+    assert_eq!(
+        names,
+        [
+            "payment_method.created",
+            "access.read",
+            "payment_method.detached",
+            "access.read"
+        ]
+    );
     assert!(actions
         .iter()
         .all(|(_, actor)| actor.starts_with("api_key:")));
