@@ -182,6 +182,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     // The 3-D Secure callback can capture a payment: its fee by this configuration.
     paystream_shared::ledger::install_fee_schedule(config.fees);
+    paystream_shared::ledger::install_dispute_fee(config.dispute_fee);
     // Refuse a plain listener on the network before touching the database.
     paystream_shared::tls::check_listener(
         "paystream-api",

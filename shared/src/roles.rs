@@ -27,6 +27,8 @@ pub enum Permission {
     DisputeEvidence,
     /// Creating, rolling and revoking API keys.
     KeysManage,
+    /// Resolving a settlement discrepancy: an operator's (admin's) decision about money.
+    SettlementResolve,
     /// Creating vault tokens (`POST /vault/tokens`), what a publishable key exists for.
     Tokenize,
 }
@@ -162,6 +164,20 @@ pub const OPERATIONS: &[Operation] = &[
     op("GET", "/events/{id}", P::EventsRead),
     op("POST", "/events/{id}/redeliver", P::WebhooksWrite),
     op("GET", "/audit-log", P::AuditRead),
+    op("GET", "/payouts", P::BalanceRead),
+    op("GET", "/payouts/{id}", P::BalanceRead),
+    op("GET", "/settlement/discrepancies", P::BalanceRead),
+    op(
+        "POST",
+        "/settlement/discrepancies/{id}/resolve",
+        P::SettlementResolve,
+    ),
+    op("GET", "/disputes", P::DisputesRead),
+    op("GET", "/disputes/{id}", P::DisputesRead),
+    op("GET", "/disputes/{id}/files/{file_id}", P::DisputeEvidence),
+    op("POST", "/disputes/{id}/evidence", P::DisputeEvidence),
+    op("POST", "/disputes/{id}/submit", P::DisputesWrite),
+    op("POST", "/disputes/{id}/close", P::DisputesWrite),
     Operation {
         method: "POST",
         path: "/provider/webhooks",

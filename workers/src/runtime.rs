@@ -146,6 +146,7 @@ impl WorkerProcess {
     pub async fn connect(config: &Config, pool_size: u32) -> Result<Self, WorkerError> {
         // Every worker may capture (and so charge a fee): by this process's configuration.
         paystream_shared::ledger::install_fee_schedule(config.fees);
+        paystream_shared::ledger::install_dispute_fee(config.dispute_fee);
         let pool = paystream_shared::db::connect(config.database_url.expose(), pool_size).await?;
         Ok(Self {
             config: config.clone(),

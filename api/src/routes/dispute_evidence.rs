@@ -230,21 +230,15 @@ impl DisputeEvidenceApi {
         let bytes = sealer(&state)
             .open(&file.sealed, file.id.as_bytes())
             .map_err(|e| ApiError::internal(&e))?;
-        let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
-        paystream_shared::audit::append(
-            &mut tx,
-            paystream_shared::audit::NewEntry {
-                merchant_id: Some(&auth.0.merchant_id),
-                object_type: "dispute",
-                object_id: &file.dispute_id,
-                action: "dispute.file_read",
-                actor: &auth.0.actor(),
-                before: None,
-                after: Some(serde_json::json!({ "fileId": file.id })),
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(ApiError::from)?;
+        // A read of payment data: on the access audit like every other (README "Access audit").
+        auth.0
+            .record_read(
+                &state,
+                "dispute_evidence",
+                &file.dispute_id,
+                serde_json::json!([file.id]),
+            )
+            .await?;
         let disposition = format!(
             "attachment; filename=\"{}\"",
             file.filename.replace(['"', '\\'], "_")
