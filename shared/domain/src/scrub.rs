@@ -10,43 +10,63 @@ pub fn scrub(input: &str) -> String {
     scrub_secrets(&without_pans)
 }
 
+/// A run of digits, possibly grouped by single spaces or dashes, found at `start` of a text.
+struct DigitRun {
+    /// The byte just past the run's last digit.
+    end: usize,
+    digits: Vec<u8>,
+    /// Neither glued to a letter or digit before it nor after it.
+    alone: bool,
+}
+
+/// Reads the run of digits and single separators that starts at `start` (a digit), whatever
+/// stands before or after it: the one reading of "a number" that the scrubber and the API's
+/// card check share.
+fn digit_run(bytes: &[u8], start: usize) -> DigitRun {
+    let mut digits = Vec::new();
+    let mut j = start;
+    let mut end = start;
+    while j < bytes.len() {
+        if bytes[j].is_ascii_digit() {
+            digits.push(bytes[j] - b'0');
+            j += 1;
+            end = j;
+        } else if (bytes[j] == b' ' || bytes[j] == b'-')
+            && j + 1 < bytes.len()
+            && bytes[j + 1].is_ascii_digit()
+        {
+            j += 1;
+        } else {
+            break;
+        }
+    }
+    let starts_alone = start == 0 || !bytes[start - 1].is_ascii_alphanumeric();
+    let ends_alone = end >= bytes.len() || !bytes[end].is_ascii_alphanumeric();
+    DigitRun {
+        end,
+        digits,
+        alone: starts_alone && ends_alone,
+    }
+}
+
 fn scrub_pans(input: &str) -> String {
     let bytes = input.as_bytes();
     let mut out = String::with_capacity(input.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i].is_ascii_digit() {
-            // A run of digits and single separators, whatever stands before or after it.
-            let mut digits = Vec::new();
-            let mut j = i;
-            let mut end = i;
-            while j < bytes.len() {
-                if bytes[j].is_ascii_digit() {
-                    digits.push(bytes[j] - b'0');
-                    j += 1;
-                    end = j;
-                } else if (bytes[j] == b' ' || bytes[j] == b'-')
-                    && j + 1 < bytes.len()
-                    && bytes[j + 1].is_ascii_digit()
-                {
-                    j += 1;
-                } else {
-                    break;
-                }
-            }
-            let starts_alone = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
-            let ends_alone = end >= bytes.len() || !bytes[end].is_ascii_alphanumeric();
+            let run = digit_run(bytes, i);
             // A free-standing 13-19 digit run is treated as a card number even when its check
             // digit is wrong (a typo is still someone's card); one glued to letters
             // (`pm4242424242424242`) is scrubbed when it passes the Luhn check, which every
             // real card number does, and so is a longer run with a card number inside it.
-            let pan_alone = starts_alone && ends_alone && (13..=19).contains(&digits.len());
-            if pan_alone || contains_luhn_number(&digits) {
+            let pan_alone = run.alone && (13..=19).contains(&run.digits.len());
+            if pan_alone || contains_luhn_number(&run.digits) {
                 out.push_str("[REDACTED_PAN]");
             } else {
-                out.push_str(&input[i..end]);
+                out.push_str(&input[i..run.end]);
             }
-            i = end;
+            i = run.end;
             continue;
         }
         let ch_len = utf8_len(bytes[i]);
@@ -69,29 +89,11 @@ pub fn find_pan(input: &str) -> bool {
             i += 1;
             continue;
         }
-        let mut digits = Vec::new();
-        let mut j = i;
-        let mut end = i;
-        while j < bytes.len() {
-            if bytes[j].is_ascii_digit() {
-                digits.push(bytes[j] - b'0');
-                j += 1;
-                end = j;
-            } else if (bytes[j] == b' ' || bytes[j] == b'-')
-                && j + 1 < bytes.len()
-                && bytes[j + 1].is_ascii_digit()
-            {
-                j += 1;
-            } else {
-                break;
-            }
-        }
-        let starts_alone = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
-        let ends_alone = end >= bytes.len() || !bytes[end].is_ascii_alphanumeric();
-        if starts_alone && ends_alone && (13..=19).contains(&digits.len()) && passes_luhn(&digits) {
+        let run = digit_run(bytes, i);
+        if run.alone && (13..=19).contains(&run.digits.len()) && passes_luhn(&run.digits) {
             return true;
         }
-        i = end;
+        i = run.end;
     }
     false
 }
