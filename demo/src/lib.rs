@@ -1,5 +1,5 @@
 //! The demo checkout: a merchant's web shop reduced to one page, the way a merchant integrates
-//! paystream so that card data never reaches their server (SAQ A).
+//! paystream so that card data never reaches their server (docs/pci-scope.md says which SAQ that is).
 //!
 //! | route | what |
 //! |---|---|

@@ -174,7 +174,7 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op("GET", "/disputes", P::DisputesRead),
     op("GET", "/disputes/{id}", P::DisputesRead),
-    op("GET", "/disputes/{id}/files/{file_id}", P::DisputeEvidence),
+    op("GET", "/disputes/{id}/files/{file_id}", P::DisputesRead),
     op("POST", "/disputes/{id}/evidence", P::DisputeEvidence),
     op("POST", "/disputes/{id}/submit", P::DisputesWrite),
     op("POST", "/disputes/{id}/close", P::DisputesWrite),
