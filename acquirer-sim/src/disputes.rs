@@ -116,6 +116,11 @@ impl Chargebacks {
         self.by_id.insert(chargeback.id.clone(), chargeback);
     }
 
+    /// Every chargeback, in no particular order (settlement sorts what it takes).
+    pub fn all(&self) -> impl Iterator<Item = &Chargeback> {
+        self.by_id.values()
+    }
+
     pub fn for_reference(&self, reference: &str) -> Vec<&Chargeback> {
         self.by_reference
             .get(reference)

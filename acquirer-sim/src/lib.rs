@@ -186,6 +186,9 @@ pub struct SimConfig {
     /// How long a cardholder's bank gives the merchant to answer a chargeback
     /// (`PAYSTREAM_SIM_DISPUTE_DUE_SECS`, default 7 days): the chargeback's `evidenceDueBy`.
     pub dispute_due: Duration,
+    /// What the acquirer charges the merchant per chargeback, in minor units, on the report's
+    /// `chargeback` line (`PAYSTREAM_DISPUTE_FEE`, the variable paystream books it from; 1500).
+    pub dispute_fee: i64,
 }
 
 impl Default for SimConfig {
@@ -201,6 +204,7 @@ impl Default for SimConfig {
             fees: FeeSchedule::default(),
             settle_every: DEFAULT_SETTLE_EVERY,
             dispute_due: Duration::from_secs(7 * 24 * 3600),
+            dispute_fee: paystream_domain::fees::DEFAULT_DISPUTE_FEE,
         }
     }
 }
@@ -308,6 +312,14 @@ impl SimConfig {
             ca_cert: get("PAYSTREAM_CA_CERT").map(std::path::PathBuf::from),
             dispute_due: number("PAYSTREAM_SIM_DISPUTE_DUE_SECS")?
                 .map_or(defaults.dispute_due, Duration::from_secs),
+            dispute_fee: match number("PAYSTREAM_DISPUTE_FEE")? {
+                None => defaults.dispute_fee,
+                Some(n) => i64::try_from(n).map_err(|_| SimError::Config {
+                    var: "PAYSTREAM_DISPUTE_FEE",
+                    value: n.to_string(),
+                    reason: "is too large",
+                })?,
+            },
         })
     }
 }

@@ -8,8 +8,10 @@
 //!
 //! Amounts are signed minor units from the merchant's side: a charge is `+gross`, `fee` by
 //! the fee schedule, `net = gross - fee`; a refund is `-amount` with no fee (fees are not
-//! returned). `chargeback` and `chargeback_reversal` lines are part of the format for the
-//! disputes to come; the simulator writes none yet.
+//! returned). A chargeback is a `chargeback` line under the intent (`acquirer_id` the `chb_...`
+//! id): `-amount`, the dispute fee ([`crate::SimConfig::dispute_fee`]), `net = gross - fee`;
+//! a won chargeback adds a `chargeback_reversal` line of `+amount` with no fee (the fee
+//! stays). Each goes into one payout once.
 //!
 //! The settlement faults (`settlement` in `POST /sim/faults`) corrupt the report, never the
 //! books: an item that was dropped from a report is still settled and never reported again.
@@ -32,6 +34,7 @@ use serde_json::{json, Value};
 
 use crate::api::Reply;
 use crate::books::new_id;
+use crate::disputes::ChargebackStatus;
 use crate::faults::{roll, SettlementFaults};
 use crate::ledger::{ChargeStatus, Ledger, RefundStatus};
 use crate::Sim;
@@ -122,7 +125,12 @@ fn fee_for(fees: &FeeSchedule, amount: i64, currency: &str) -> i64 {
 }
 
 /// Takes everything not yet settled off the books: the true lines, grouped by currency.
-fn gather(ledger: &mut Ledger, fees: &FeeSchedule) -> BTreeMap<&'static str, Vec<ReportLine>> {
+fn gather(
+    ledger: &mut Ledger,
+    fees: &FeeSchedule,
+    dispute_fee: i64,
+    now: DateTime<Utc>,
+) -> BTreeMap<&'static str, Vec<ReportLine>> {
     let mut by_currency: BTreeMap<&'static str, Vec<ReportLine>> = BTreeMap::new();
     let mut taken = Vec::new();
     for charge in ledger.charges(None) {
@@ -169,6 +177,43 @@ fn gather(ledger: &mut Ledger, fees: &FeeSchedule) -> BTreeMap<&'static str, Vec
             });
         taken.push(refund.id.clone());
     }
+    // Sorted so a report lists chargebacks in a stable order.
+    let mut chargebacks: Vec<_> = ledger.chargebacks.all().collect();
+    chargebacks.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    for chargeback in chargebacks {
+        let lines = by_currency.entry(chargeback.currency).or_default();
+        if !ledger.is_settled(&chargeback.id) {
+            let gross = -chargeback.amount;
+            lines.push(ReportLine {
+                line_type: LineType::Chargeback,
+                reference: chargeback.reference.clone(),
+                acquirer_id: chargeback.id.clone(),
+                currency: chargeback.currency,
+                gross,
+                fee: dispute_fee,
+                net: gross - dispute_fee,
+                created_at: chargeback.created_at,
+            });
+            taken.push(chargeback.id.clone());
+        }
+        // The reversal is its own settled item, keyed apart from the chargeback.
+        let reversal = format!("{}:reversal", chargeback.id);
+        if chargeback.status == ChargebackStatus::Won && !ledger.is_settled(&reversal) {
+            lines.push(ReportLine {
+                line_type: LineType::ChargebackReversal,
+                reference: chargeback.reference.clone(),
+                acquirer_id: chargeback.id.clone(),
+                currency: chargeback.currency,
+                gross: chargeback.amount,
+                fee: 0,
+                net: chargeback.amount,
+                created_at: now,
+            });
+            taken.push(reversal);
+        }
+    }
+    // A currency whose chargebacks were all settled before gets no empty payout.
+    by_currency.retain(|_, lines| !lines.is_empty());
     for id in taken {
         ledger.mark_settled(id);
     }
@@ -228,7 +273,7 @@ impl Sim {
         };
         let now = Utc::now();
         let mut ledger = self.ledger();
-        let gathered = gather(&mut ledger, &self.config.fees);
+        let gathered = gather(&mut ledger, &self.config.fees, self.config.dispute_fee, now);
         let mut made = Vec::new();
         for (currency, lines) in gathered {
             let lines = corrupt(lines, &faults, &mut rng);

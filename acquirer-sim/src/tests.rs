@@ -1476,6 +1476,7 @@ async fn the_simulator_settles_on_its_own_timer() {
 fn the_fee_schedule_and_settlement_period_come_from_the_environment() {
     let c = SimConfig::from_lookup(|_| None).unwrap();
     assert_eq!(c.settle_every, crate::DEFAULT_SETTLE_EVERY);
+    assert_eq!(c.dispute_fee, 1500);
     assert_eq!(
         (c.fees.percent_bps(), c.fees.fixed().minor_units()),
         (290, 30)
@@ -1484,9 +1485,11 @@ fn the_fee_schedule_and_settlement_period_come_from_the_environment() {
         "PAYSTREAM_FEE_PERCENT_BPS" => Some("150".into()),
         "PAYSTREAM_FEE_FIXED" => Some("0".into()),
         "ACQUIRER_SIM_SETTLE_EVERY_SECS" => Some("0".into()),
+        "PAYSTREAM_DISPUTE_FEE" => Some("2000".into()),
         _ => None,
     })
     .unwrap();
+    assert_eq!(c.dispute_fee, 2000);
     assert_eq!(
         (c.fees.percent_bps(), c.fees.fixed().minor_units()),
         (150, 0)
@@ -1498,6 +1501,8 @@ fn the_fee_schedule_and_settlement_period_come_from_the_environment() {
         ("PAYSTREAM_FEE_FIXED", "-1"),
         ("PAYSTREAM_FEE_FIXED", "99999999999999999999"),
         ("ACQUIRER_SIM_SETTLE_EVERY_SECS", "soon"),
+        ("PAYSTREAM_DISPUTE_FEE", "-1"),
+        ("PAYSTREAM_DISPUTE_FEE", "18446744073709551615"),
     ] {
         let err = SimConfig::from_lookup(|k| (k == var).then(|| value.to_owned())).unwrap_err();
         assert!(err.to_string().contains(var), "{var}={value}: {err}");

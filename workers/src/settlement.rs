@@ -432,9 +432,15 @@ impl Applier<'_> {
         conn: &mut PgConnection,
         lines: Vec<(u64, ReportLine)>,
     ) -> Result<(), SettlementError> {
-        let keys: Vec<(&str, &str)> = lines
+        let keys: Vec<(&str, &str, &str)> = lines
             .iter()
-            .map(|(_, l)| (l.reference.as_str(), l.line_type.reporting_category()))
+            .map(|(_, l)| {
+                (
+                    l.reference.as_str(),
+                    l.line_type.reporting_category(),
+                    l.acquirer_id.as_str(),
+                )
+            })
             .collect();
         let booked = reports::booked_for(conn, &keys).await?;
         for ((n, line), found) in lines.iter().zip(booked) {

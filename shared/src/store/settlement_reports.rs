@@ -160,25 +160,35 @@ struct BookedRow {
     acquirer_id: Option<String>,
 }
 
-/// For each `(reference, reporting category)`, in order: the balance transaction it settles,
-/// with the acquirer's id we recorded for its object, read in one query per batch so a long
-/// report is matched without loading the merchant's history. Read in the applying transaction,
-/// so a line settled earlier in the same report shows as settled.
+/// For each `(reference, reporting category, acquirer id)`, in order: the balance transaction
+/// it settles, with the acquirer's id we recorded for its object. A charge or refund line names
+/// its object by reference; a chargeback or its reversal names the intent and the acquirer's
+/// dispute id, and settles that dispute's withdrawal or reinstatement (sourced by our `dp_...`).
+/// Read in one query per batch so a long report is matched without loading the merchant's
+/// history, and in the applying transaction, so a line settled earlier in the same report
+/// shows as settled.
 pub async fn booked_for(
     conn: &mut PgConnection,
-    lines: &[(&str, &str)],
+    lines: &[(&str, &str, &str)],
 ) -> Result<Vec<BookedLine>, StoreError> {
-    let references: Vec<&str> = lines.iter().map(|(r, _)| *r).collect();
-    let categories: Vec<&str> = lines.iter().map(|(_, c)| *c).collect();
+    let references: Vec<&str> = lines.iter().map(|(r, _, _)| *r).collect();
+    let categories: Vec<&str> = lines.iter().map(|(_, c, _)| *c).collect();
+    let acquirer_ids: Vec<&str> = lines.iter().map(|(_, _, a)| *a).collect();
     let rows: Vec<BookedRow> = sqlx::query_as(
         "SELECT l.ord, COALESCE(bt.merchant_id, pi.merchant_id, r.merchant_id) AS merchant_id,
                 bt.id AS bt_id, bt.amount, bt.fee, bt.currency, bt.status, bt.payout_id,
-                COALESCE(pi.acquirer_charge_id, r.acquirer_refund_id) AS acquirer_id
-         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS l(reference, category, ord)
+                CASE WHEN d.id IS NOT NULL THEN d.acquirer_dispute_id
+                     WHEN l.category IN ('dispute', 'dispute_reversal') THEN NULL
+                     ELSE COALESCE(pi.acquirer_charge_id, r.acquirer_refund_id) END AS acquirer_id
+         FROM unnest($1::text[], $2::text[], $3::text[])
+              WITH ORDINALITY AS l(reference, category, acquirer_id, ord)
+         LEFT JOIN disputes d
+              ON l.category IN ('dispute', 'dispute_reversal')
+             AND d.payment_intent_id = l.reference AND d.acquirer_dispute_id = l.acquirer_id
          LEFT JOIN LATERAL (
              SELECT b.id, b.merchant_id, b.amount, b.fee, b.currency, b.status, b.payout_id
              FROM balance_transactions b
-             WHERE b.source = l.reference AND b.reporting_category = l.category
+             WHERE b.source = COALESCE(d.id, l.reference) AND b.reporting_category = l.category
              ORDER BY b.created_at LIMIT 1
          ) bt ON true
          LEFT JOIN payment_intents pi ON pi.id = l.reference
@@ -187,6 +197,7 @@ pub async fn booked_for(
     )
     .bind(&references)
     .bind(&categories)
+    .bind(&acquirer_ids)
     .fetch_all(conn)
     .await?;
     let mut out = Vec::with_capacity(rows.len());

@@ -601,3 +601,137 @@ async fn the_deadline_alert_fires_once_at_48_hours_and_a_missed_deadline_is_lost
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     ledger_and_audit_verify(&app).await;
 }
+
+#[tokio::test]
+async fn a_chargeback_and_its_reversal_are_settled_by_the_acquirers_report() {
+    let app = spawn_app().await;
+    let _c = app.start_confirm_worker();
+    // The worker that handles the acquirer's notifications, chargebacks among them.
+    let _r = app.start_refund_worker();
+    let pi = app.succeeded_intent(5000).await;
+    open_chargeback(&app, &pi).await;
+    let dp = dispute_of(&app, &pi).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = upload(
+        &app,
+        &dp,
+        &[("uncategorizedText", None, b"winning_evidence: signed for")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = app
+        .post(&format!("/api/disputes/{dp}/submit"), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    wait_dispute(&app, &dp, "won").await;
+    let chb: String = sqlx::query_scalar("SELECT acquirer_dispute_id FROM disputes WHERE id = $1")
+        .bind(&dp)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+
+    // Charge 5000 less 175 in fees; the chargeback -5000 and the 1500 dispute fee; the
+    // reversal +5000 with no fee.
+    let net = (5000 - 175) + (-5000 - 1500) + 5000;
+    let b = paystream_shared::ledger::balance(&app.pool, &app.merchant_id)
+        .await
+        .unwrap();
+    assert_eq!(b.pending.get("usd").copied(), Some(net));
+
+    let r = app
+        .http
+        .post(format!("{}/sim/settle", app.sim_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let payouts: Value = r.json().await.unwrap();
+    assert_eq!(payouts["data"].as_array().unwrap().len(), 1);
+    assert_eq!(payouts["data"][0]["amount"], net);
+    let apo = payouts["data"][0]["id"].as_str().unwrap().to_owned();
+    let csv = app
+        .http
+        .get(format!("{}/v1/payouts/{apo}/report.csv", app.sim_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut lines: Vec<Vec<String>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .collect();
+    lines.sort_by(|a, b| a[1].cmp(&b[1]));
+    let shape: Vec<(&str, &str, i64, i64)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l[1].as_str(),
+                l[2].as_str(),
+                l[5].parse().unwrap(),
+                l[6].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            ("charge", pi.as_str(), 5000, 175),
+            ("chargeback", pi.as_str(), -5000, 1500),
+            ("chargeback_reversal", pi.as_str(), 5000, 0),
+        ]
+    );
+    // Both dispute lines name the acquirer's chargeback.
+    assert_eq!(lines[1][3], chb);
+    assert_eq!(lines[2][3], chb);
+
+    let client =
+        paystream_workers::settlement::SettlementClient::new(&app.sim_url, Duration::from_secs(5))
+            .unwrap();
+    let report =
+        paystream_workers::settlement::run_once(&app.pool, &client, chrono::TimeDelta::days(2))
+            .await
+            .unwrap();
+    assert_eq!((report.reports_reconciled, report.discrepancies), (1, 0));
+    let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM settlement_discrepancies")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert!(kinds.is_empty(), "{kinds:?}");
+    // Settled into available and paid out of it: nothing pending, nothing left.
+    let b = paystream_shared::ledger::balance(&app.pool, &app.merchant_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            b.pending.get("usd").copied(),
+            b.available.get("usd").copied()
+        ),
+        (Some(0), Some(0))
+    );
+    let statuses: Vec<(String, String)> = sqlx::query_as(
+        "SELECT reporting_category, status FROM balance_transactions
+         WHERE source = $1 OR source = $2 ORDER BY reporting_category",
+    )
+    .bind(&pi)
+    .bind(&dp)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let want = |c: &str| (c.to_owned(), "available".to_owned());
+    assert_eq!(
+        statuses,
+        vec![want("charge"), want("dispute"), want("dispute_reversal")]
+    );
+    let list = app.get("/api/payouts").await;
+    assert_eq!(list.body["data"][0]["amount"], net);
+    assert_eq!(
+        list.body["data"][0]["reconciliation"],
+        json!({"status": "matched", "lines": 3, "matched": 3, "discrepancies": 0})
+    );
+    ledger_and_audit_verify(&app).await;
+}
