@@ -51,8 +51,9 @@ pub struct SettlementFaults {
     pub extra_per_million: u32,
     /// Share of lines written twice.
     pub duplicate_per_million: u32,
-    /// Share of reports that end in a line no reader can parse (a report cut off), beyond
-    /// CONTRACT.md's list, so a test can see a malformed report refused as a whole.
+    /// Share of reports that end in a line no reader can parse (a report cut off): a fault of
+    /// the simulator's own (docs/acquirer.md), so a test can see a malformed report refused as
+    /// a whole.
     pub malformed_per_million: u32,
 }
 

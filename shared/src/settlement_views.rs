@@ -1,5 +1,5 @@
-//! Payouts and settlement discrepancies as clients see them (CONTRACT.md "Balance, ledger and
-//! payouts"): the API answers with these and the `payout.paid` and
+//! Payouts and settlement discrepancies as clients see them (docs/api.md "Payouts and
+//! settlement discrepancies"): the API answers with these and the `payout.paid` and
 //! `settlement.discrepancy_found` events carry them. Beside `views.rs`, in the same style.
 
 use chrono::{DateTime, NaiveDate, Utc};

@@ -115,7 +115,7 @@ pub fn reason_of(raw: &str) -> &'static str {
     REASONS.into_iter().find(|r| *r == raw).unwrap_or("general")
 }
 
-/// The text fields of dispute evidence (CONTRACT.md "Disputes"), as form field names.
+/// The text fields of dispute evidence (docs/api.md "Disputes"), as form field names.
 pub const TEXT_FIELDS: [&str; 6] = [
     "productDescription",
     "customerCommunication",

@@ -333,7 +333,7 @@ impl Posting {
     }
 }
 
-/// The merchant-facing type of a balance transaction (CONTRACT.md).
+/// The merchant-facing type of a balance transaction (docs/api.md "Balance and fees").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BalanceTransactionType {
     Charge,

@@ -1,5 +1,5 @@
 //! Settlement reports and their reconciliation as data: a report line parsed strictly, the
-//! discrepancy kinds of CONTRACT.md, and [`compare`], which decides what one line says about
+//! discrepancy kinds of docs/api.md, and [`compare`], which decides what one line says about
 //! our books. No I/O here; the scheduler's settlement job streams the report and asks the
 //! database, then asks this.
 
@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use super::money::Currency;
 use super::DomainError;
 
-/// The report's header row, in this order (CONTRACT.md).
+/// The report's header row, in this order (docs/acquirer.md).
 pub const REPORT_HEADER: [&str; 9] = [
     "payout_id",
     "type",

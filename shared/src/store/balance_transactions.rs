@@ -32,7 +32,7 @@ pub struct BalanceTransaction {
 #[derive(Debug, Clone)]
 pub struct NewBalanceTransaction<'a> {
     pub kind: BalanceTransactionType,
-    /// One of CONTRACT.md's reporting categories (`charge`, `refund`, `dispute`, ...).
+    /// One of the reporting categories of docs/api.md (`charge`, `refund`, `dispute`, ...).
     pub reporting_category: &'static str,
     pub amount: i64,
     pub fee: i64,
