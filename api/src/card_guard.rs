@@ -131,15 +131,27 @@ fn percent_decode(raw: &str) -> String {
 }
 
 pub async fn around<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
+    // The 3-D Secure callback is a browser page: it refuses with its own HTML 400.
+    let in_browser = crate::routes::three_ds::is_callback_path(req.uri().path());
+    let refuse = |place: &str, param: Option<String>| {
+        let json = refusal(place, param);
+        if in_browser {
+            let mut page = crate::routes::three_ds::not_verified_page().into_response();
+            page.set_status(json.status());
+            page
+        } else {
+            json
+        }
+    };
     if find_pan(&decoded(req.uri().path())) {
-        return Ok(refusal("path", None));
+        return Ok(refuse("path", None));
     }
     if let Some(query) = req.uri().query() {
         if let Some(param) = query_param_with_pan(query) {
-            return Ok(refusal("query string", param));
+            return Ok(refuse("query string", param));
         }
         if find_pan(&decoded(query)) {
-            return Ok(refusal("query string", None));
+            return Ok(refuse("query string", None));
         }
     }
     if is_text_body(&req) {

@@ -60,11 +60,22 @@ fn page(title: &str, text: &str) -> Html<String> {
 
 fn not_verified(why: &str) -> CallbackResponse {
     tracing::warn!(reason = why, "3-D Secure callback refused");
-    CallbackResponse::NotVerified(page(
+    CallbackResponse::NotVerified(not_verified_page())
+}
+
+/// The callback's one 400 page: a browser lands here, so every refusal of this route (the
+/// card guard's included) is this HTML, never the API's JSON.
+pub(crate) fn not_verified_page() -> Html<String> {
+    page(
         "Authentication could not be verified",
         "The result of the 3-D Secure authentication could not be verified. The payment has \
          not changed; please return to the shop and try again.",
-    ))
+    )
+}
+
+/// Whether `path` is the browser-facing callback, whose answers are documented as HTML.
+pub(crate) fn is_callback_path(path: &str) -> bool {
+    path.starts_with("/api/payment-intents/") && path.ends_with("/3ds/callback")
 }
 
 /// `return_url` with `payment_intent=<id>` added to whatever query it has.

@@ -376,3 +376,34 @@ async fn three_ds_callback_is_documented_without_a_key() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_card_number_sent_to_the_3ds_callback_is_refused_with_its_html_page() {
+    let app = spawn_app().await;
+    // A browser lands on the callback: even the card guard's refusal is the documented HTML
+    // 400, never the API's JSON, and it never repeats the number.
+    let r = app
+        .request(
+            reqwest::Method::GET,
+            "/api/payment-intents/pi_x/3ds/callback?result=4242424242424242",
+            None,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    let ct = r.headers["content-type"].to_str().unwrap();
+    assert!(ct.starts_with("text/html"), "{ct}");
+    assert!(!r.text.contains("4242424242424242"), "{}", r.text);
+    // Any other route keeps the contract's JSON refusal.
+    let r = app
+        .request(
+            reqwest::Method::GET,
+            "/api/payment-intents?customerId=4242424242424242",
+            None,
+            None,
+            None,
+        )
+        .await;
+    r.assert_error(400, "card_data_not_allowed");
+}
