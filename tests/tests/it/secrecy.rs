@@ -815,6 +815,29 @@ async fn scenario(
         )
         .await;
     assert_eq!(r.status, 400, "{}", r.text);
+    // Where no key is presented: the browser's 3-D Secure callback and the acquirer's
+    // notification endpoint.
+    for (what, rb) in [
+        (
+            "GET 3-D Secure callback with a card number",
+            stack.http.get(format!(
+                "{}/api/payment-intents/{challenged}/3ds/callback?result=4000-0027-6000-3184",
+                stack.api
+            )),
+        ),
+        (
+            "POST provider notification with a card number",
+            stack
+                .http
+                .post(format!("{}/api/provider/webhooks", stack.api))
+                .json(
+                    &json!({"type": "charge.succeeded", "data": {"card": VISA, "cvc": VISA_CVC}}),
+                ),
+        ),
+    ] {
+        let r = stack.send(what, rb).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text);
+    }
     // At the vault: a number that fails its check digit, a CVC of the wrong length, an
     // account number in a name field, a card number as a bearer key.
     for (body, key) in [
