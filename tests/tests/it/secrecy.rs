@@ -1072,6 +1072,26 @@ async fn scenario(
         .cloned()
         .collect();
     hits.extend(search(&answers, &never_answered));
+    // The scrubber is the second line, not the first: no process even tried to log a card
+    // number or a secret, so no line carries its mark. The one mark expected is a false hit:
+    // JetStream's stream configuration, logged by async-nats at debug level, has a `max_age`
+    // in nanoseconds that happens to be a 16-digit Luhn number.
+    for log in &logs {
+        for (at, _) in log.text.match_indices("[REDACTED") {
+            let before = log.text.get(at.saturating_sub(16)..at).unwrap_or_default();
+            if !before.contains("max_age") {
+                let line = log.text[..at].matches('\n').count() + 1;
+                let excerpt: String = log.text[at.saturating_sub(200)..]
+                    .chars()
+                    .take(300)
+                    .collect();
+                hits.push(format!(
+                    "a scrubbed value in {} (line {line}): …{excerpt}…",
+                    log.place
+                ));
+            }
+        }
+    }
     assert!(
         hits.is_empty(),
         "secrets found where they must not be:\n{}",
