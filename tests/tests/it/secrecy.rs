@@ -575,7 +575,12 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.logs);
+        // A failed run keeps the logs it searched, for whoever reads the failure.
+        if std::thread::panicking() {
+            eprintln!("the processes' logs are kept in {}", self.logs.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.logs);
+        }
         // The streams go with the test, like spawn_app's.
         let topology = self.topology.clone();
         let _ = std::thread::spawn(move || {
