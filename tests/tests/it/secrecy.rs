@@ -291,7 +291,7 @@ impl Stack {
             stack.children.push((name, child));
         }
         stack.start_vault(kek, None).await;
-        for url in [&stack.sim, &stack.api] {
+        for url in [stack.sim.clone(), stack.api.clone()] {
             stack.wait_healthy(&format!("{url}/healthz")).await;
         }
         stack
@@ -336,7 +336,8 @@ impl Stack {
             extra.push(("PAYSTREAM_VAULT_KEK_PREVIOUS", b64(p)));
         }
         self.vault_child = Some(self.spawn("vault", &extra));
-        self.wait_healthy(&format!("{}/readyz", self.vault)).await;
+        let ready = format!("{}/readyz", self.vault);
+        self.wait_healthy(&ready).await;
     }
 
     fn stop_vault(&mut self) {
@@ -346,16 +347,36 @@ impl Stack {
         }
     }
 
-    async fn wait_healthy(&self, url: &str) {
-        eventually(WAIT, &format!("{url} to answer"), || async {
-            self.http
+    /// Waits for `url` to answer 200; a child that exits meanwhile fails the test at once,
+    /// with the end of its log (a database refusing connections stops the vault, say).
+    async fn wait_healthy(&mut self, url: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let up = self
+                .http
                 .get(url)
                 .send()
                 .await
-                .is_ok_and(|r| r.status().is_success())
-                .then_some(())
-        })
-        .await;
+                .is_ok_and(|r| r.status().is_success());
+            if up {
+                return;
+            }
+            let vault = self.vault_child.as_mut().map(|c| ("vault", c));
+            let children = self.children.iter_mut().map(|(n, c)| (*n, c));
+            for (name, child) in children.chain(vault) {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = std::fs::read_to_string(self.logs.join(format!("{name}.log")))
+                        .unwrap_or_default();
+                    let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join("\n");
+                    panic!("{name} exited ({status}) while waiting for {url}:\n{tail}");
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {url} to answer"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn key(&self) -> String {
