@@ -29,8 +29,10 @@ const PDF: &[u8] = b"%PDF-1.4\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n";
 async fn start_api(app: &TestApp, config: Config) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
+    // A pool of its own, as another process would have.
+    let pool = paystream_shared::db::connect(&app.db.url, 4).await.unwrap();
     let state = AppState {
-        pool: app.pool.clone(),
+        pool,
         nats: Some(app.nats.clone()),
         config: Arc::new(config),
         metrics: Arc::default(),
@@ -84,8 +86,9 @@ async fn upload_pdf(app: &TestApp, base: &str, dispute: &str, name: &str) -> Str
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let v: Value = r.json().await.unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, StatusCode::OK, "{v}");
     v["evidence"]["files"]
         .as_array()
         .unwrap()
@@ -237,7 +240,9 @@ async fn rotating_the_sealing_key_while_webhooks_deliver_and_evidence_uploads_lo
         ids
     };
     let actor = Actor::Operator("test".into());
-    let rotate = rotation::rotate(&app.pool, &new_box, 1, &actor, |_, _| {});
+    // The command runs as a process of its own, with its own connections.
+    let cli_pool = paystream_shared::db::connect(&app.db.url, 2).await.unwrap();
+    let rotate = rotation::rotate(&cli_pool, &new_box, 1, &actor, |_, _| {});
     let ((), new_files, report) = tokio::join!(intents, uploads, rotate);
     let report = report.unwrap();
     files.extend(new_files);
