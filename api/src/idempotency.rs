@@ -114,10 +114,7 @@ async fn store_in(
     Ok(())
 }
 
-/// Binds a sealed answer to its (merchant, key), so it cannot be replayed under another.
-fn sealing_context(merchant_id: &str, key: &str) -> Vec<u8> {
-    format!("idempotency\x1f{merchant_id}\x1f{key}").into_bytes()
-}
+use paystream_shared::store::idempotency_keys::sealing_context;
 
 fn validate_key(raw: &str) -> Result<String, ApiError> {
     if raw.is_empty() || raw.len() > 255 || !raw.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
@@ -162,7 +159,7 @@ fn replay_of(state: &AppState, merchant_id: &str, key: &str, existing: Existing)
     let body = match existing.response_sealed {
         None => body,
         Some(sealed) => {
-            let sealer = SecretBox::new(state.config.webhook_secret_key.expose());
+            let sealer = SecretBox::from_config(&state.config);
             match sealer.open(&sealed, &sealing_context(merchant_id, key)) {
                 Ok(full) => full,
                 // Sealed under a key this process no longer has: the answer without its

@@ -166,12 +166,13 @@ fn api_url(raw: &str) -> String {
     }
 }
 
-pub async fn run(_config: &Config, args: BenchWebhooksArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(config: &Config, args: BenchWebhooksArgs) -> anyhow::Result<ExitCode> {
     let Some(key) = args.key.clone() else {
         bail!("--key (or PAYSTREAM_BOOTSTRAP_API_KEY) is required: an admin key of the merchant to use");
     };
     let api = api_url(&args.api);
-    let http = reqwest::Client::builder()
+    // An https API with a private CA (`paystream up --tls`) is trusted via PAYSTREAM_CA_CERT.
+    let http = paystream_shared::tls::client_builder(config.tls.ca_cert.as_deref())?
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(1024)
         .build()?;

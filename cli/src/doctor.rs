@@ -131,6 +131,9 @@ pub async fn checks(lookup: impl Fn(&str) -> Option<String> + Clone) -> Vec<Chec
 
     let database_url = get("DATABASE_URL").unwrap_or_else(|| config::DEFAULT_DATABASE_URL.into());
     out.push(database_check(&database_url).await);
+    if let Ok(config) = &parsed {
+        out.push(sealing_check(&database_url, config).await);
+    }
     let nats_url = get("NATS_URL").unwrap_or_else(|| config::DEFAULT_NATS_URL.into());
     out.push(nats_check(&nats_url).await);
     out
@@ -204,6 +207,51 @@ async fn database_check(url: &str) -> Check {
             format!("role {name} may create roles or bypass row security: drop CREATEROLE and BYPASSRLS (least privilege)"),
         ),
         Ok((name, ..)) => Check::ok(NAME, format!("reachable as {name}, not a superuser")),
+    }
+}
+
+/// Values sealed outside the vault that are not under the current sealing key: while any
+/// remain, retiring PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS would make them unreadable.
+async fn sealing_check(url: &str, config: &Config) -> Check {
+    const NAME: &str = "sealed values";
+    let sealer = paystream_shared::webhooks::secret_box::SecretBox::from_config(config);
+    let counted = async {
+        let pool = paystream_shared::db::connect(url, 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        let counts = paystream_shared::webhooks::rotation::not_under_current(&pool, &sealer)
+            .await
+            .map_err(|e| e.to_string());
+        pool.close().await;
+        counts
+    };
+    match tokio::time::timeout(Duration::from_secs(10), counted).await {
+        Err(_) => Check::fail(NAME, "no answer within 10 s (DATABASE_URL)"),
+        Ok(Err(e)) => Check::fail(NAME, format!("cannot count them: {e}")),
+        Ok(Ok(counts)) => {
+            let remaining: u64 = counts.values().sum();
+            if remaining == 0 {
+                Check::ok(
+                    NAME,
+                    format!("all under the current sealing key {}", sealer.current_id()),
+                )
+            } else {
+                let tables: Vec<String> = counts
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(t, n)| format!("{n} in {t}"))
+                    .collect();
+                Check::fail(
+                    NAME,
+                    format!(
+                        "{remaining} not under the current sealing key {} ({}): run `paystream \
+                         keys rotate-sealing` before retiring PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS",
+                        sealer.current_id(),
+                        tables.join(", ")
+                    ),
+                )
+            }
+        }
     }
 }
 

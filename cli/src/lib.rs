@@ -113,6 +113,19 @@ pub enum KeysCommand {
         #[arg(long, default_value_t = 86_400)]
         expire_old_in: u64,
     },
+    /// Re-seal every value sealed outside the vault (webhook signing secrets, idempotent
+    /// replay copies, dispute evidence files) under the current sealing key
+    /// (`PAYSTREAM_WEBHOOK_SECRET_KEY`), in committed batches, while the system runs. Order:
+    /// give every process the new key as PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS; then make it
+    /// PAYSTREAM_WEBHOOK_SECRET_KEY with the old one as _PREVIOUS; run this; once it reports 0
+    /// remaining, drop _PREVIOUS. Audited; safe to interrupt and run again (a second run
+    /// changes nothing).
+    RotateSealing {
+        #[arg(long, default_value_t = 100)]
+        batch_size: u32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +195,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys {
+            command: KeysCommand::RotateSealing { batch_size, json },
+        } => rotate_sealing(&config, batch_size, json).await,
         Command::Keys { command } => keys(&config, command).await,
         Command::Dlq { command } => dlq::run(&config, command).await,
         Command::Bench(args) => bench::run(&config, args).await,
@@ -277,6 +293,7 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
             // As at creation: printed once, here, and stored nowhere but as a hash.
             println!("new key: {}", rolled.new.secret.expose());
         }
+        KeysCommand::RotateSealing { .. } => unreachable!("dispatched in execute"),
         KeysCommand::Revoke { id } => {
             if merchants::revoke_key(&pool, &id).await? {
                 println!("revoked {id}");
@@ -287,6 +304,61 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Re-seals under the current sealing key what the previous one (or a value from before key
+/// ids) sealed. Unlike the other commands this one seals, so it never falls back to the public
+/// development key: outside development the key must be given.
+async fn rotate_sealing(config: &Config, batch_size: u32, json: bool) -> anyhow::Result<ExitCode> {
+    let given = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if given("PAYSTREAM_WEBHOOK_SECRET_KEY").is_none()
+        && given(paystream_shared::config::ENV_VAR).as_deref() != Some("development")
+    {
+        anyhow::bail!(
+            "set PAYSTREAM_WEBHOOK_SECRET_KEY to the new sealing key and \
+             PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS to the old one, as every process has them"
+        );
+    }
+    let pool = database(config).await?;
+    let sealer = paystream_shared::webhooks::secret_box::SecretBox::from_config(config);
+    let actor = paystream_shared::audit::Actor::Operator("paystream-cli".into());
+    let report = paystream_shared::webhooks::rotation::rotate(
+        &pool,
+        &sealer,
+        batch_size,
+        &actor,
+        |table, n| {
+            if !json && n > 0 {
+                println!("re-sealed {n} rows of {table}");
+            }
+        },
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for u in &report.unreadable {
+            println!("cannot re-seal {} {}: {}", u.table, u.id, u.error);
+        }
+        println!(
+            "done: {} rows re-sealed under sealing key {}; {} values not under it remain",
+            report.total_resealed(),
+            report.key_id,
+            report.remaining
+        );
+        if report.remaining == 0 {
+            println!("PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS is no longer needed");
+        } else if report.unreadable.is_empty() {
+            println!(
+                "a process still seals with the old key: give every process the new one, then run this again"
+            );
+        }
+    }
+    Ok(if report.remaining == 0 && report.unreadable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Drives the vault's re-wrap endpoint: the CLI holds neither KEK nor any card data, only the

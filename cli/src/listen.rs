@@ -34,6 +34,10 @@ pub struct ListenArgs {
     /// Print each event's whole body as one JSON line instead of a summary.
     #[arg(long)]
     pub json: bool,
+    /// A PEM certificate authority to trust for an https `--api` (`paystream up --tls`'s is
+    /// `.paystream/tls/ca.pem`), besides the system's.
+    #[arg(long, env = "PAYSTREAM_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 struct Receiver {
@@ -59,7 +63,7 @@ pub async fn serve(
     // tokio adopts only non-blocking sockets.
     listener.set_nonblocking(true)?;
     let url = format!("http://{local}/webhooks");
-    let http = reqwest::Client::new();
+    let http = paystream_shared::tls::client_builder(args.ca_cert.as_deref())?.build()?;
     let api = args.api.trim_end_matches('/');
     let answer = http
         .post(format!("{api}/api/webhooks/subscribe"))

@@ -500,6 +500,13 @@ async fn doctor_passes_a_production_config_and_names_each_problem_of_the_develop
         .execute(&db.pool)
         .await
         .unwrap();
+    // What paystream's own role reads anyway; the doctor counts sealed values there.
+    sqlx::query(&format!(
+        "GRANT SELECT ON webhook_subscriptions, idempotency_keys, dispute_files TO {role}"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let dir = std::env::temp_dir().join(format!("paystream-doctor-{role}"));
     let ca = paystream_shared::tls::local_ca::LocalCa::generate(&dir).unwrap();
     let nats = paystream_tests::nats_url();
@@ -540,6 +547,7 @@ async fn doctor_passes_a_production_config_and_names_each_problem_of_the_develop
         "{out}"
     );
     assert!(out.contains(&format!("reachable as {role}")), "{out}");
+    assert!(out.contains("ok   sealed values"), "{out}");
 
     // `paystream up`'s development values, used outside development, on every interface,
     // as the superuser, with NATS away.
@@ -600,6 +608,10 @@ async fn doctor_passes_a_production_config_and_names_each_problem_of_the_develop
     assert!(out.contains("PAYSTREAM_VAULT_KEK is not set"), "{out}");
 
     let _ = std::fs::remove_dir_all(&dir);
+    sqlx::query(&format!("DROP OWNED BY {role}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
     sqlx::query(&format!("DROP ROLE {role}"))
         .execute(&db.pool)
         .await
@@ -762,4 +774,168 @@ async fn audit_access_lists_reads_since_a_time() {
     // The read is on the chain `audit verify` walks.
     let (ok, out, _) = run(paystream(&db).args(["audit", "verify"]));
     assert!(ok && out.contains("1 entries verified"), "{out}");
+}
+
+/// Base64 of 32 bytes of `b` (1 or 2), as the sealing-key variables take them.
+fn sealing_key(b: u8) -> String {
+    match b {
+        1 => "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+        _ => "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
+    }
+    .to_owned()
+}
+
+#[tokio::test]
+async fn rotate_sealing_reseals_names_an_unknown_key_is_a_no_op_twice_and_doctor_waits_for_it() {
+    use paystream_shared::store::idempotency_keys::sealing_context;
+    use paystream_shared::webhooks::secret_box::{key_id_of, SecretBox};
+    let db = TestDb::new().await;
+    let (ok, out, _) = run(paystream(&db).args(["keys", "create", "--merchant", "acme"]));
+    assert!(ok, "{out}");
+    let merchant: String = sqlx::query_scalar("SELECT id FROM merchants")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let (old, new) = (sealing_key(1), sealing_key(2));
+    let old_box = SecretBox::new(&[1; 32]);
+    let new_box = SecretBox::with_previous(&[2; 32], Some(&[1; 32]));
+    let stranger_box = SecretBox::new(&[3; 32]);
+    // Replay copies sealed by the old deployment, and one under a key nobody was given.
+    for (key, sealer) in [
+        ("k1", &old_box),
+        ("k2", &old_box),
+        ("k3", &old_box),
+        ("lost", &stranger_box),
+    ] {
+        let sealed = sealer.seal(
+            format!("answer {key}").as_bytes(),
+            &sealing_context(&merchant, key),
+        );
+        sqlx::query(
+            "INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, fingerprint,
+                                           response_status, response_body, response_sealed)
+             VALUES ($1, $2, 'POST', '/api/webhooks/subscribe', decode('00', 'hex'), 201,
+                     convert_to('{}', 'UTF8'), $3)",
+        )
+        .bind(&merchant)
+        .bind(key)
+        .bind(sealed)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let rotate = || {
+        let mut c = paystream(&db);
+        c.env("PAYSTREAM_WEBHOOK_SECRET_KEY", &new)
+            .env("PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS", &old)
+            .args(["keys", "rotate-sealing", "--batch-size", "2"]);
+        run(&mut c)
+    };
+    let stored = || async {
+        sqlx::query_as::<_, (String, Vec<u8>)>(
+            "SELECT key, response_sealed FROM idempotency_keys ORDER BY key",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    };
+    let rotations = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM audit_log WHERE action = 'sealing_key.rotated'
+               AND object_id = $1 AND actor = 'operator:paystream-cli'",
+        )
+        .bind(new_box.current_id())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+
+    // The doctor sees what is left to do, as the processes would (new key, old as previous).
+    let doctor_line = |out: &str| {
+        out.lines()
+            .find(|l| l.contains("sealed values"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let doctor_env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("PAYSTREAM_WEBHOOK_SECRET_KEY", new.as_str()),
+        ("PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS", old.as_str()),
+        (
+            "PAYSTREAM_ACQUIRER_WEBHOOK_SECRET",
+            "acq_whsec_our_own_0123456789",
+        ),
+        (
+            "PAYSTREAM_VAULT_KEK",
+            "IB8eHRwbGhkYFxYVFBMSERAPDg0MCwoJCAcGBQQDAgE=",
+        ),
+        (
+            "PAYSTREAM_VAULT_SERVICE_TOKEN",
+            "vault_svc_our_own_0123456789",
+        ),
+    ];
+    let (_, out) = doctor(&doctor_env);
+    let line = doctor_line(&out);
+    assert!(
+        line.starts_with("FAIL") && line.contains("4 not under the current sealing key"),
+        "{out}"
+    );
+    assert!(
+        line.contains("4 in idempotency_keys") && line.contains("rotate-sealing"),
+        "{out}"
+    );
+
+    // First run: the old key's values re-sealed; the stranger's named, left alone, exit 1.
+    let (ok, out, err) = rotate();
+    assert!(!ok, "{out}{err}");
+    assert!(out.contains("done: 3 rows re-sealed"), "{out}");
+    assert!(out.contains(&format!("{merchant}/lost")), "{out}");
+    assert!(out.contains(&stranger_box.current_id()), "{out}");
+    assert!(out.contains("1 values not under it remain"), "{out}");
+    for (key, sealed) in stored().await {
+        let expected = if key == "lost" {
+            stranger_box.current_id()
+        } else {
+            new_box.current_id()
+        };
+        assert_eq!(key_id_of(&sealed), Some(expected), "{key}");
+        if key != "lost" {
+            // The new key alone opens it now, to the same answer.
+            assert_eq!(
+                SecretBox::new(&[2; 32])
+                    .open(&sealed, &sealing_context(&merchant, &key))
+                    .unwrap(),
+                format!("answer {key}").as_bytes()
+            );
+        }
+    }
+    assert_eq!(rotations().await, 1);
+
+    // Once the stray value is dealt with, a second run finds nothing: no byte, no audit entry.
+    sqlx::query("DELETE FROM idempotency_keys WHERE key = 'lost'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let before = stored().await;
+    let (ok, out, err) = rotate();
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("done: 0 rows re-sealed"), "{out}");
+    assert!(out.contains("no longer needed"), "{out}");
+    assert_eq!(stored().await, before);
+    assert_eq!(rotations().await, 1);
+    let (_, out) = doctor(&doctor_env);
+    assert!(doctor_line(&out).starts_with("ok"), "{out}");
+
+    // Outside development it never falls back to the public key.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_paystream"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .args(["keys", "rotate-sealing"]);
+    let (ok, out, err) = run(&mut c);
+    assert!(!ok, "{out}");
+    assert!(
+        format!("{out}{err}").contains("set PAYSTREAM_WEBHOOK_SECRET_KEY"),
+        "{out}{err}"
+    );
 }

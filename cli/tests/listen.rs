@@ -115,3 +115,61 @@ async fn next(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what: &s
         .flatten()
         .unwrap_or_else(|| panic!("no line from listen while waiting for {what}"))
 }
+
+#[tokio::test]
+async fn listen_trusts_paystream_ca_cert_for_an_https_api() {
+    let dir = std::env::temp_dir().join(format!("paystream-listen-tls-{}", uuid::Uuid::new_v4()));
+    let ca = paystream_shared::tls::local_ca::LocalCa::generate(&dir).expect("local CA");
+    let files = paystream_shared::tls::TlsFiles {
+        cert: ca.cert.clone(),
+        key: ca.key.clone(),
+    };
+    let app = paystream_tests::spawn_app_with(|c| c.tls.files = Some(files)).await;
+    let https = app.address.replacen("http://", "https://", 1);
+    let listen = |ca_cert: Option<&std::path::Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_paystream"));
+        c.args(["listen", "--api", &https, "--key", &app.api_key])
+            .env("PAYSTREAM_ENV", "development")
+            .env_remove("PAYSTREAM_CA_CERT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(ca) = ca_cert {
+            c.env("PAYSTREAM_CA_CERT", ca);
+        }
+        c
+    };
+    // Without the CA the API's certificate is not trusted, and it says it cannot reach it.
+    // Run off the test's runtime thread: the API under test answers on that thread.
+    let mut refused = listen(None);
+    let out = tokio::task::spawn_blocking(move || refused.output().expect("run paystream listen"))
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the API"), "{err}");
+
+    // With PAYSTREAM_CA_CERT it subscribes over HTTPS.
+    let mut child = listen(Some(&ca.ca_cert))
+        .spawn()
+        .expect("start paystream listen");
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = next(&mut lines, "the listening line").await;
+    assert!(first.starts_with("listening on"), "{first}");
+    let subscriptions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_subscriptions WHERE deleted_at IS NULL")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(subscriptions, 1);
+    child.kill().expect("stop paystream listen");
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -70,6 +70,9 @@ pub struct Config {
     /// AES-256-GCM key that seals webhook signing secrets at rest (32 bytes, base64 in the
     /// environment). The development default is public: set your own outside development.
     pub webhook_secret_key: Secret<[u8; 32]>,
+    /// The sealing key before the current one, still opened (never used to seal) while
+    /// `paystream keys rotate-sealing` re-seals what it sealed (docs/pci-scope.md, "Keys").
+    pub webhook_secret_key_previous: Option<Secret<[u8; 32]>>,
     /// How long one webhook delivery attempt may take (10 s, docs/webhooks.md; tests shrink it).
     pub webhook_timeout: Duration,
     /// How often the scheduler's leader reconciles with the acquirer (default 15 minutes).
@@ -311,10 +314,36 @@ impl Config {
             reason: "must be a whole number of requests per second (0 turns the limit off)".into(),
         })?;
 
-        let webhook_secret_key = parse_webhook_key(&secret(
+        let webhook_secret_key = parse_webhook_key(
             "PAYSTREAM_WEBHOOK_SECRET_KEY",
-            DEVELOPMENT_WEBHOOK_SECRET_KEY,
-        )?)?;
+            &secret(
+                "PAYSTREAM_WEBHOOK_SECRET_KEY",
+                DEVELOPMENT_WEBHOOK_SECRET_KEY,
+            )?,
+        )?;
+        // Optional: set only while a rotation is under way. The public development key is as
+        // good as no key outside development, here too.
+        let webhook_secret_key_previous = match lookup("PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS")
+            .filter(|v| !v.trim().is_empty())
+        {
+            Some(v)
+                if environment == Environment::Production
+                    && v.trim() == DEVELOPMENT_WEBHOOK_SECRET_KEY =>
+            {
+                return Err(ConfigError {
+                    var: "PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS",
+                    value: "<hidden>".into(),
+                    reason: "is the public development value; it sealed nothing worth keeping \
+                             outside development"
+                        .into(),
+                })
+            }
+            Some(v) => Some(parse_webhook_key(
+                "PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS",
+                &v,
+            )?),
+            None => None,
+        };
         let acquirer_webhook_secret = secret(
             "PAYSTREAM_ACQUIRER_WEBHOOK_SECRET",
             DEVELOPMENT_ACQUIRER_WEBHOOK_SECRET,
@@ -367,6 +396,7 @@ impl Config {
             acquirer_webhook_secret: Secret::new(acquirer_webhook_secret),
             acquirer_timeout: Duration::from_millis(acq_ms),
             webhook_secret_key,
+            webhook_secret_key_previous,
             webhook_timeout,
             reconcile_interval,
             reconcile_stuck_after,
@@ -422,7 +452,7 @@ pub fn fee_schedule_from(
 }
 
 /// The webhook secret key: base64 of exactly 32 bytes. The error never shows the value.
-fn parse_webhook_key(raw: &str) -> Result<Secret<[u8; 32]>, ConfigError> {
+fn parse_webhook_key(var: &'static str, raw: &str) -> Result<Secret<[u8; 32]>, ConfigError> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD
         .decode(raw.trim())
@@ -430,7 +460,7 @@ fn parse_webhook_key(raw: &str) -> Result<Secret<[u8; 32]>, ConfigError> {
         .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
         .map(Secret::new)
         .ok_or_else(|| ConfigError {
-            var: "PAYSTREAM_WEBHOOK_SECRET_KEY",
+            var,
             value: "<hidden>".into(),
             reason:
                 "must be base64 of exactly 32 random bytes (for example `openssl rand -base64 32`)"
@@ -681,6 +711,36 @@ mod tests {
         assert!(cfg(&[("PAYSTREAM_WEBHOOK_SECRET_KEY", "not base64!")]).is_err());
         assert!(cfg(&[("PAYSTREAM_WEBHOOK_TIMEOUT_MS", "0")]).is_err());
         assert!(cfg(&[("PAYSTREAM_WEBHOOK_TIMEOUT_MS", "soon")]).is_err());
+    }
+
+    #[test]
+    fn the_previous_sealing_key_is_optional_parsed_and_never_the_public_one_in_production() {
+        assert!(cfg(&[]).unwrap().webhook_secret_key_previous.is_none());
+        let c = cfg(&[("PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS", OWN_KEY)]).unwrap();
+        assert_eq!(
+            c.webhook_secret_key_previous.as_ref().unwrap().expose()[0],
+            1
+        );
+        let err = cfg(&[("PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS", "c2hvcnQ=")]).unwrap_err();
+        assert_eq!(err.var, "PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS");
+        assert!(!err.to_string().contains("c2hvcnQ="));
+        // In development the public key may be the previous one (a laptop rotating off it).
+        assert!(cfg(&[(
+            "PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS",
+            DEVELOPMENT_WEBHOOK_SECRET_KEY
+        )])
+        .is_ok());
+        let err = production(&[
+            ("PAYSTREAM_WEBHOOK_SECRET_KEY", OWN_KEY),
+            ("PAYSTREAM_ACQUIRER_WEBHOOK_SECRET", "acq_own"),
+            (
+                "PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS",
+                DEVELOPMENT_WEBHOOK_SECRET_KEY,
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS");
+        assert!(!err.to_string().contains(DEVELOPMENT_WEBHOOK_SECRET_KEY));
     }
 
     #[test]

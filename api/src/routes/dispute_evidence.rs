@@ -132,7 +132,7 @@ async fn read_limited(
 }
 
 fn sealer(state: &AppState) -> SecretBox {
-    SecretBox::new(state.config.webhook_secret_key.expose())
+    SecretBox::from_config(&state.config)
 }
 
 #[derive(ApiResponse)]

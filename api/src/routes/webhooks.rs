@@ -151,7 +151,7 @@ pub enum EventListResponse {
 const ON_OBJECT: u32 = WRITE | NOT_FOUND;
 
 fn secret_box(state: &AppState) -> SecretBox {
-    SecretBox::new(state.config.webhook_secret_key.expose())
+    SecretBox::from_config(&state.config)
 }
 
 /// A subscription of this merchant by id, locked in `conn`'s transaction; a foreign, deleted

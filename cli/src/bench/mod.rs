@@ -171,7 +171,8 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
     };
     let base = api_base(&args.api);
-    let http = reqwest::Client::builder()
+    // An https API with a private CA (`paystream up --tls`) is trusted via PAYSTREAM_CA_CERT.
+    let http = paystream_shared::tls::client_builder(config.tls.ca_cert.as_deref())?
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .build()

@@ -18,6 +18,7 @@ use crate::domain::payment_intent::PaymentIntent;
 use crate::domain::DomainError;
 use crate::outbox;
 use crate::views::{DisputeEvidenceView, DisputeFileView, DisputeView, EvidenceDetailsView};
+use crate::webhooks::rotation::SealedRow;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dispute {
@@ -615,4 +616,64 @@ pub async fn view(conn: &mut PgConnection, d: &Dispute) -> Result<DisputeView, S
         created_at: d.created_at,
         updated_at: d.updated_at,
     })
+}
+
+/// Up to `limit` evidence files after id `after` not sealed under `header`'s key, locked
+/// until the caller's transaction ends.
+pub async fn lock_files_sealed_not_under(
+    conn: &mut PgConnection,
+    header: &[u8],
+    after: &[String],
+    limit: i64,
+) -> Result<Vec<SealedRow>, sqlx::Error> {
+    let after = after.first().map(String::as_str).unwrap_or("");
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, sealed FROM dispute_files
+         WHERE id > $2 AND substring(sealed from 1 for octet_length($1::bytea)) <> $1
+         ORDER BY id LIMIT $3 FOR UPDATE",
+    )
+    .bind(header)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, sealed)| SealedRow {
+            table: "dispute_files",
+            aad: vec![id.clone().into_bytes()],
+            pk: vec![id.clone()],
+            id,
+            values: vec![Some(sealed)],
+        })
+        .collect())
+}
+
+/// Replaces a file's sealed content, only if it is still `row`'s (compare-and-set).
+pub async fn replace_file_sealed(
+    conn: &mut PgConnection,
+    row: &SealedRow,
+    resealed: &[Option<Vec<u8>>],
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE dispute_files SET sealed = $2 WHERE id = $1 AND sealed = $3")
+        .bind(&row.pk[0])
+        .bind(&resealed[0])
+        .bind(&row.values[0])
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Evidence files not sealed under `header`'s key.
+pub async fn count_files_sealed_not_under<'e>(
+    db: impl PgExecutor<'e>,
+    header: &[u8],
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM dispute_files
+         WHERE substring(sealed from 1 for octet_length($1::bytea)) <> $1",
+    )
+    .bind(header)
+    .fetch_one(db)
+    .await
 }

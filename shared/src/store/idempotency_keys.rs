@@ -12,6 +12,8 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::webhooks::rotation::SealedRow;
+
 /// How long a finished key is kept; older rows count as unused, are reclaimed by a new request
 /// and purged by the scheduler.
 pub const RETENTION_HOURS: i32 = 24;
@@ -176,4 +178,81 @@ pub async fn purge_expired(db: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> 
     .execute(db)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Binds a sealed answer to its (merchant, key), so it cannot be replayed under another.
+pub fn sealing_context(merchant_id: &str, key: &str) -> Vec<u8> {
+    format!("idempotency\x1f{merchant_id}\x1f{key}").into_bytes()
+}
+
+/// Up to `limit` keys after `after` (merchant id, key) whose sealed answer does not start with
+/// `header` (the current sealing key's), locked until the caller's transaction ends so no
+/// answer is stored over a re-sealed one unseen.
+pub async fn lock_sealed_not_under(
+    conn: &mut PgConnection,
+    header: &[u8],
+    after: &[String],
+    limit: i64,
+) -> Result<Vec<SealedRow>, sqlx::Error> {
+    let (merchant, key) = match after {
+        [m, k] => (m.as_str(), k.as_str()),
+        _ => ("", ""),
+    };
+    let rows: Vec<(String, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT merchant_id, key, response_sealed FROM idempotency_keys
+         WHERE response_sealed IS NOT NULL
+           AND substring(response_sealed from 1 for octet_length($1::bytea)) <> $1
+           AND (merchant_id, key) > ($2, $3)
+         ORDER BY merchant_id, key LIMIT $4 FOR UPDATE",
+    )
+    .bind(header)
+    .bind(merchant)
+    .bind(key)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(merchant_id, key, sealed)| SealedRow {
+            table: "idempotency_keys",
+            aad: vec![sealing_context(&merchant_id, &key)],
+            id: format!("{merchant_id}/{key}"),
+            pk: vec![merchant_id, key],
+            values: vec![Some(sealed)],
+        })
+        .collect())
+}
+
+/// Replaces a sealed answer, only if it is still `row`'s (compare-and-set): false if it
+/// changed since it was read.
+pub async fn replace_sealed(
+    conn: &mut PgConnection,
+    row: &SealedRow,
+    resealed: &[Option<Vec<u8>>],
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE idempotency_keys SET response_sealed = $3
+         WHERE merchant_id = $1 AND key = $2 AND response_sealed = $4",
+    )
+    .bind(&row.pk[0])
+    .bind(&row.pk[1])
+    .bind(&resealed[0])
+    .bind(&row.values[0])
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Sealed answers not under `header`'s key.
+pub async fn count_sealed_not_under<'e>(
+    db: impl PgExecutor<'e>,
+    header: &[u8],
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM idempotency_keys WHERE response_sealed IS NOT NULL
+           AND substring(response_sealed from 1 for octet_length($1::bytea)) <> $1",
+    )
+    .bind(header)
+    .fetch_one(db)
+    .await
 }

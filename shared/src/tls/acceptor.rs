@@ -19,6 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::TlsFiles;
 
+/// How long a connection may take to complete its TLS handshake. A client that connects and
+/// sends nothing (or trickles its hello) would otherwise hold a connection task, a socket and
+/// its buffers for as long as it likes; past this it is dropped, unanswered. Ten seconds is
+/// ample for a real handshake across the world and cheap for a listener to keep.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read the TLS certificate {path}: {reason}")]
@@ -140,9 +146,13 @@ impl<A: Acceptor> Acceptor for TlsAcceptor<A> {
         let (io, local, remote, _) = self.inner.accept().await?;
         // The handshake runs on the connection's own task (on its first read or write), so a
         // slow or silent client never holds up the accept loop.
-        let accept = tokio_rustls::TlsAcceptor::from(self.certificates.current()).accept(io);
+        // The clock starts now, at accept: a client that never sends its hello is dropped too.
+        let accept = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_rustls::TlsAcceptor::from(self.certificates.current()).accept(io),
+        );
         Ok((
-            Handshake::Pending(Box::new(accept)),
+            Handshake::Pending(Box::pin(accept)),
             local,
             remote,
             Scheme::HTTPS,
@@ -153,7 +163,7 @@ impl<A: Acceptor> Acceptor for TlsAcceptor<A> {
 /// A server-side TLS stream that completes its handshake on first use.
 pub enum Handshake<IO> {
     // Boxed, both: a connection's state moves once, and the two are large and unequal.
-    Pending(Box<tokio_rustls::Accept<IO>>),
+    Pending(Pin<Box<tokio::time::Timeout<tokio_rustls::Accept<IO>>>>),
     Ready(Box<tokio_rustls::server::TlsStream<IO>>),
     Failed,
 }
@@ -165,10 +175,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<&mut tokio_rustls::server::TlsStream<IO>>> {
         if let Handshake::Pending(accept) = self {
-            match Pin::new(accept.as_mut()).poll(cx) {
+            match accept.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(stream)) => *self = Handshake::Ready(Box::new(stream)),
-                Poll::Ready(Err(e)) => {
+                Poll::Ready(Ok(Ok(stream))) => *self = Handshake::Ready(Box::new(stream)),
+                Poll::Ready(Err(_elapsed)) => {
+                    tracing::debug!(
+                        timeout_secs = HANDSHAKE_TIMEOUT.as_secs(),
+                        "TLS handshake timed out; dropping the connection"
+                    );
+                    *self = Handshake::Failed;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the TLS handshake did not complete in time",
+                    )));
+                }
+                Poll::Ready(Ok(Err(e))) => {
                     // A plaintext request or an old protocol version ends here, unanswered.
                     tracing::debug!(error = %e, "TLS handshake failed");
                     *self = Handshake::Failed;

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigError;
 
-pub use acceptor::{Certificates, TlsAcceptor};
+pub use acceptor::{Certificates, TlsAcceptor, HANDSHAKE_TIMEOUT};
 pub use client::{client_builder, root_certificates};
 pub use guard::{Guard, HSTS};
 

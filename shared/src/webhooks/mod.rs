@@ -8,5 +8,6 @@
 //! delivery consumer signs and POSTs, recording every attempt.
 
 pub mod queue;
+pub mod rotation;
 pub mod secret_box;
 pub mod views;

@@ -23,6 +23,7 @@ mod reconcile;
 mod refunds;
 mod request_path;
 mod roles;
+mod sealing;
 mod secrecy;
 mod security;
 mod settlement;

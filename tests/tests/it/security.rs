@@ -397,3 +397,91 @@ async fn the_vault_refuses_a_plain_listener_off_loopback_before_touching_the_dat
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn the_vaults_https_listener_refuses_tls_1_1_and_accepts_1_2() {
+    let app = paystream_tests::spawn_app().await;
+    let dir = TempDir::new();
+    let ca = LocalCa::generate(&dir.0.join("vault")).expect("local CA");
+    let (db_url, cert, key) = (
+        app.db.url.clone(),
+        ca.cert.display().to_string(),
+        ca.key.display().to_string(),
+    );
+    let config = paystream_vault::config::VaultConfig::from_lookup(move |k| match k {
+        "DATABASE_URL" => Some(db_url.clone()),
+        "PAYSTREAM_ENV" => Some("development".to_owned()),
+        "PAYSTREAM_DB_POOL_SIZE" => Some("2".to_owned()),
+        "PAYSTREAM_TLS_CERT" => Some(cert.clone()),
+        "PAYSTREAM_TLS_KEY" => Some(key.clone()),
+        _ => None,
+    })
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(paystream_vault::run(
+        listener,
+        config,
+        app.shutdown.child_token(),
+    ));
+    let client = https_client(&ca.ca_cert);
+    let ready = format!("https://127.0.0.1:{port}/readyz");
+    eventually(Duration::from_secs(30), "the vault over HTTPS", || async {
+        client
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+            .then_some(())
+    })
+    .await;
+    let (ok, text) = tokio::task::spawn_blocking({
+        let ca = ca.ca_cert.clone();
+        move || openssl_handshake(port, &ca, "-tls1_1")
+    })
+    .await
+    .unwrap();
+    assert!(!ok, "the vault completed a TLS 1.1 handshake: {text}");
+    assert!(text.contains("alert"), "the vault should refuse it: {text}");
+    let (ok, text) = tokio::task::spawn_blocking({
+        let ca = ca.ca_cert.clone();
+        move || openssl_handshake(port, &ca, "-tls1_2")
+    })
+    .await
+    .unwrap();
+    assert!(ok && text.contains("TLSv1.2"), "TLS 1.2 must work: {text}");
+}
+
+#[tokio::test]
+async fn a_client_that_connects_and_never_says_hello_is_dropped() {
+    let (app, ca, _dir) = tls_app().await;
+    let port = port(&app);
+    // Connects and sends nothing: no ClientHello, ever.
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    // The server closes it (end of stream or a reset) once the handshake timeout passes; the
+    // bound here only keeps a broken server from hanging the test, it times nothing.
+    let closed = tokio::time::timeout(
+        paystream_shared::tls::HANDSHAKE_TIMEOUT * 6,
+        silent.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a silent client still holds its connection after {:?}",
+        paystream_shared::tls::HANDSHAKE_TIMEOUT * 6
+    );
+    assert!(
+        buf.is_empty(),
+        "nothing is sent to a client that said nothing"
+    );
+    // And the listener still serves everyone else.
+    let resp = https_client(&ca.ca_cert)
+        .get(format!("https://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+}

@@ -106,7 +106,7 @@ pub async fn run_webhook_worker(
     let schedule = RetrySchedule::new(config.retry_base, MAX_ATTEMPTS);
     let deliverer = Deliverer::new(
         process.pool(),
-        SecretBox::new(config.webhook_secret_key.expose()),
+        SecretBox::from_config(&config),
         schedule,
         delivery_options(&config),
     )?;

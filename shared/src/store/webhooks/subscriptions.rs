@@ -6,6 +6,7 @@ use sqlx::{PgConnection, PgExecutor};
 use crate::audit::{self, Actor, NewEntry};
 use crate::domain::webhook::{EventSelection, WebhookUrl};
 use crate::store::StoreError;
+use crate::webhooks::rotation::SealedRow;
 use crate::webhooks::views::WebhookSubscriptionView;
 
 /// How long the secret a rotation replaced keeps signing (docs/webhooks.md: 24 h).
@@ -237,4 +238,73 @@ pub async fn disable_subscription(
     )
     .await?;
     Ok(true)
+}
+
+/// Up to `limit` subscriptions after id `after` with a secret (current or previous) that does
+/// not start with `header` (the current sealing key's), locked until the caller's transaction
+/// ends, so a secret rotation waits for the re-seal instead of being overwritten by it.
+pub async fn lock_secrets_sealed_not_under(
+    conn: &mut PgConnection,
+    header: &[u8],
+    after: &[String],
+    limit: i64,
+) -> Result<Vec<SealedRow>, sqlx::Error> {
+    let after = after.first().map(String::as_str).unwrap_or("");
+    let rows: Vec<(String, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT id, secret_sealed, previous_secret_sealed FROM webhook_subscriptions
+         WHERE id > $2
+           AND (substring(secret_sealed from 1 for octet_length($1::bytea)) <> $1
+             OR substring(previous_secret_sealed from 1 for octet_length($1::bytea)) <> $1)
+         ORDER BY id LIMIT $3 FOR UPDATE",
+    )
+    .bind(header)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, secret, previous)| SealedRow {
+            table: "webhook_subscriptions",
+            aad: vec![id.clone().into_bytes(), id.clone().into_bytes()],
+            pk: vec![id.clone()],
+            id,
+            values: vec![Some(secret), previous],
+        })
+        .collect())
+}
+
+/// Replaces both sealed secrets, only if they are still `row`'s (compare-and-set).
+pub async fn replace_sealed_secrets(
+    conn: &mut PgConnection,
+    row: &SealedRow,
+    resealed: &[Option<Vec<u8>>],
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE webhook_subscriptions SET secret_sealed = $2, previous_secret_sealed = $3
+         WHERE id = $1 AND secret_sealed = $4 AND previous_secret_sealed IS NOT DISTINCT FROM $5",
+    )
+    .bind(&row.pk[0])
+    .bind(&resealed[0])
+    .bind(&resealed[1])
+    .bind(&row.values[0])
+    .bind(&row.values[1])
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Subscriptions with a sealed secret not under `header`'s key.
+pub async fn count_secrets_sealed_not_under<'e>(
+    db: impl PgExecutor<'e>,
+    header: &[u8],
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_subscriptions
+         WHERE substring(secret_sealed from 1 for octet_length($1::bytea)) <> $1
+            OR substring(previous_secret_sealed from 1 for octet_length($1::bytea)) <> $1",
+    )
+    .bind(header)
+    .fetch_one(db)
+    .await
 }
