@@ -239,6 +239,11 @@ fn host_port(url: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
     Ok((host, port))
 }
 
+/// The port of a NATS URL (4222 when it names none or cannot be read).
+pub(crate) fn nats_port(url: &str) -> u16 {
+    host_port(url, 4222).map_or(4222, |(_, port)| port)
+}
+
 fn is_local(host: &str) -> bool {
     matches!(host, "127.0.0.1" | "localhost" | "::1" | "[::1]")
 }
@@ -659,5 +664,8 @@ mod tests {
         );
         assert!(host_port("nats://h:notaport", 4222).is_err());
         assert!(is_local("127.0.0.1") && !is_local("db.internal"));
+        assert_eq!(nats_port("nats://127.0.0.1:14222"), 14222);
+        assert_eq!(nats_port("nats://localhost"), 4222);
+        assert_eq!(nats_port("nats://h:bad"), 4222);
     }
 }

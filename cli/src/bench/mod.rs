@@ -234,8 +234,11 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
             ),
         }
     }
-    let database = database_name(config.database_url.expose());
-    let measured = drive(api, &args, database).await?;
+    let target = rss::Target {
+        database: database_name(config.database_url.expose()),
+        nats_port: crate::up::nats_port(&config.nats_url),
+    };
+    let measured = drive(api, &args, target).await?;
     if let Some(path) = &args.plot {
         plot::write(path, &measured).with_context(|| format!("writing {}", path.display()))?;
     }

@@ -663,7 +663,7 @@ pub(crate) enum Load {
 pub(crate) async fn drive(
     api: Api,
     args: &BenchArgs,
-    database: String,
+    target: rss::Target,
 ) -> anyhow::Result<Measured> {
     let run = Arc::new(Run {
         api: api.clone(),
@@ -700,7 +700,7 @@ pub(crate) async fn drive(
         }
         Observe::Get => None,
     };
-    let sampler = rss::Sampler::start(database, done.clone());
+    let sampler = rss::Sampler::start(target, done.clone());
     let started = Instant::now();
     let mut max_send_lag_us = None;
     let mut outcomes = Vec::new();

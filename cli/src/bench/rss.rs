@@ -2,7 +2,8 @@
 //! report says nothing was found).
 //!
 //! Which processes: the children of a `paystream up` (a process whose parent's name is
-//! `paystream`) named like the stack's binaries; every `nats-server`; and the PostgreSQL
+//! `paystream`) named like the stack's binaries; the `nats-server` of `NATS_URL` (one `up`
+//! started, or one listening on that port by its command line); and the PostgreSQL
 //! backends connected to the stack's database (their command line names it), not the shared
 //! server's own processes nor other databases' backends. Every second each one's resident set
 //! is sampled; at the end its kernel-kept peak (`VmHWM`) is read too. A backend's RSS counts the
@@ -85,8 +86,9 @@ pub(crate) fn classify(
     comm: &str,
     cmdline: &str,
     parent_comm: &str,
-    database: &str,
+    target: &Target,
 ) -> Option<String> {
+    let database = target.database.as_str();
     let comm = comm.trim();
     if comm == "postgres" {
         // "postgres: 15/main: user database 127.0.0.1(port) state": a backend of this database.
@@ -96,12 +98,25 @@ pub(crate) fn classify(
         return of_db.then(|| "postgres backends".to_owned());
     }
     if comm == "nats-server" {
-        return Some(comm.to_owned());
+        let words: Vec<&str> = cmdline.split_whitespace().collect();
+        let port = target.nats_port.to_string();
+        let on_port = words
+            .windows(2)
+            .any(|w| matches!(w[0], "-p" | "--port") && w[1] == port)
+            || (target.nats_port == 4222 && !words.iter().any(|w| matches!(*w, "-p" | "--port")));
+        return (on_port || parent_comm.trim() == "paystream").then(|| comm.to_owned());
     }
     (STACK.contains(&comm) && parent_comm.trim() == "paystream").then(|| comm.to_owned())
 }
 
-fn look_all(database: &str) -> Vec<(u32, String, Look)> {
+/// Which stack: its database (for the backends) and its broker's port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub(crate) database: String,
+    pub(crate) nats_port: u16,
+}
+
+fn look_all(target: &Target) -> Vec<(u32, String, Look)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -124,7 +139,7 @@ fn look_all(database: &str) -> Vec<(u32, String, Look)> {
         let parent_comm = parent(pid)
             .and_then(|p| read(p, "comm"))
             .unwrap_or_default();
-        let Some(name) = classify(&comm, &cmdline, &parent_comm, database) else {
+        let Some(name) = classify(&comm, &cmdline, &parent_comm, target) else {
             continue;
         };
         let (Some((rss_kb, hwm_kb)), Some(ticks)) = (
@@ -160,12 +175,12 @@ pub(crate) struct Sampler {
 
 impl Sampler {
     /// Samples until `done` is cancelled; `database` picks the PostgreSQL backends.
-    pub(crate) fn start(database: String, done: CancellationToken) -> Sampler {
+    pub(crate) fn start(target: Target, done: CancellationToken) -> Sampler {
         let task = tokio::task::spawn(async move {
             let mut tracked: Map<u32, Tracked> = Map::new();
             loop {
-                let db = database.clone();
-                let looks = tokio::task::spawn_blocking(move || look_all(&db))
+                let t = target.clone();
+                let looks = tokio::task::spawn_blocking(move || look_all(&t))
                     .await
                     .unwrap_or_default();
                 for (pid, name, look) in looks {
@@ -258,7 +273,14 @@ mod tests {
 
     #[test]
     fn only_the_stack_is_counted() {
-        let db = "paystream";
+        let db = &Target {
+            database: "paystream".into(),
+            nats_port: 4222,
+        };
+        let own = &Target {
+            database: "paystream".into(),
+            nats_port: 14222,
+        };
         assert_eq!(
             classify("paystream-api\n", "/x/paystream-api", "paystream\n", db).as_deref(),
             Some("paystream-api")
@@ -298,6 +320,24 @@ mod tests {
         );
         assert_eq!(
             classify("nats-server", "nats-server -js", "systemd", db).as_deref(),
+            Some("nats-server")
+        );
+        // Another broker on the machine is not this stack's.
+        assert_eq!(
+            classify(
+                "nats-server",
+                "nats-server -a 127.0.0.1 -p 4222 -js",
+                "systemd",
+                own
+            ),
+            None
+        );
+        assert_eq!(
+            classify("nats-server", "nats-server -p 14222 -js", "systemd", own).as_deref(),
+            Some("nats-server")
+        );
+        assert_eq!(
+            classify("nats-server", "nats-server -js -p 9", "paystream", own).as_deref(),
             Some("nats-server")
         );
         assert_eq!(classify("bash", "bash", "paystream", db), None);
