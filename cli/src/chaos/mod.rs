@@ -97,6 +97,8 @@ pub struct Mayhem {
     pub kills: Mutex<BTreeMap<String, u64>>,
     pub driver_retries: AtomicU64,
     pub faults: Mutex<BTreeMap<String, u64>>,
+    /// Payments not final but in the dead letters at the end.
+    pub dead_lettered: AtomicU64,
 }
 
 pub async fn run(config: &Config, args: ChaosArgs) -> anyhow::Result<ExitCode> {
@@ -263,6 +265,14 @@ async fn drive_and_check(
     )
     .await?;
     sink.close(&client).await;
+    let parked = observations
+        .intents
+        .iter()
+        .filter(|i| observations.dead_lettered.contains(&i.id))
+        .count();
+    mayhem
+        .dead_lettered
+        .store(u64::try_from(parked).unwrap_or(0), Ordering::Relaxed);
     Ok((evaluate(&observations), mayhem))
 }
 
@@ -296,10 +306,11 @@ fn mayhem_table(m: &Mayhem) -> String {
             .join(", ")
     };
     format!(
-        "killed (SIGKILL, then restarted): {}\nsimulator faults fired: {}\nrequests the driver retried with the same Idempotency-Key: {}\n",
+        "killed (SIGKILL, then restarted): {}\nsimulator faults fired: {}\nrequests the driver retried with the same Idempotency-Key: {}\npayments in the dead letters: {}\n",
         list(&kills),
         list(&faults),
-        m.driver_retries.load(Ordering::Relaxed)
+        m.driver_retries.load(Ordering::Relaxed),
+        m.dead_lettered.load(Ordering::Relaxed)
     )
 }
 
@@ -323,6 +334,7 @@ fn report_json(rows: &[CheckRow], m: &Mayhem, seed: u64) -> serde_json::Value {
         "kills": kills,
         "faultsFired": faults,
         "driverRetries": m.driver_retries.load(Ordering::Relaxed),
+        "deadLettered": m.dead_lettered.load(Ordering::Relaxed),
     })
 }
 
