@@ -55,4 +55,8 @@ async fn a_short_chaos_run_kills_everything_and_finds_no_violation() {
     assert!(faults["error"].as_u64().unwrap_or(0) > 0, "{report:#}");
     assert!(faults["timeout"].as_u64().unwrap_or(0) > 0, "{report:#}");
     assert!(report["driverRetries"].as_u64().unwrap() > 0, "{report:#}");
+    // Nearly every payment was confirmed: a run whose API was never reachable would pass
+    // the final-state check with nothing to check.
+    assert!(report["unconfirmed"].as_u64().unwrap() < 30, "{report:#}");
+    assert!(report["unchallenged"].as_u64().unwrap() < 10, "{report:#}");
 }

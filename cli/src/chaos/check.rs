@@ -34,6 +34,12 @@ pub struct Observations {
     /// Objects the dead-letter stream holds a message about: a payment not final but dead
     /// lettered is where an operator will find it (`paystream dlq`), not lost.
     pub dead_lettered: HashSet<String>,
+    /// Intents whose confirm the API never accepted while the driver retried: they rightly
+    /// stay `requires_confirmation`.
+    pub unconfirmed: HashSet<String>,
+    /// 3-D Secure intents whose challenge the driver could not get through: they rightly
+    /// stay `requires_action`.
+    pub unchallenged: HashSet<String>,
     pub refunds_total: u64,
     pub refunds_not_final: Vec<String>,
     /// Ids of the subscribed events paystream recorded.
@@ -53,6 +59,8 @@ impl Default for Observations {
             intents: Vec::new(),
             missing_intents: Vec::new(),
             dead_lettered: HashSet::new(),
+            unconfirmed: HashSet::new(),
+            unchallenged: HashSet::new(),
             refunds_total: 0,
             refunds_not_final: Vec::new(),
             expected_events: Vec::new(),
@@ -118,7 +126,16 @@ pub fn evaluate(o: &Observations) -> Vec<CheckRow> {
             n,
             o.intents
                 .iter()
-                .filter(|i| !FINAL.contains(&i.status.as_str()) && !o.dead_lettered.contains(&i.id))
+                .filter(|i| {
+                    let never_confirmed =
+                        i.status == "requires_confirmation" && o.unconfirmed.contains(&i.id);
+                    let never_challenged =
+                        i.status == "requires_action" && o.unchallenged.contains(&i.id);
+                    !FINAL.contains(&i.status.as_str())
+                        && !o.dead_lettered.contains(&i.id)
+                        && !never_confirmed
+                        && !never_challenged
+                })
                 .map(|i| i.id.as_str()),
         ),
         row(
@@ -223,7 +240,7 @@ pub async fn observe(
     stack: &Stack,
     client: &Client,
     sink: &Sink,
-    ids: &[String],
+    driven: &[super::driver::Driven],
     settle: Duration,
 ) -> anyhow::Result<Observations> {
     let pool = paystream_shared::db::connect(&stack.db_url, 4).await?;
@@ -266,10 +283,20 @@ pub async fn observe(
     .await
     .context("reading the intents")?;
     let known: HashSet<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    let missing_intents = ids
+    let missing_intents = driven
         .iter()
-        .filter(|id| !known.contains(id.as_str()))
-        .cloned()
+        .filter(|d| !known.contains(d.id.as_str()))
+        .map(|d| d.id.clone())
+        .collect();
+    let unconfirmed = driven
+        .iter()
+        .filter(|d| !d.confirmed)
+        .map(|d| d.id.clone())
+        .collect();
+    let unchallenged = driven
+        .iter()
+        .filter(|d| d.confirmed && !d.challenged)
+        .map(|d| d.id.clone())
         .collect();
     let intents: Vec<IntentObs> = futures::stream::iter(rows)
         .map(
@@ -354,6 +381,8 @@ pub async fn observe(
         intents,
         missing_intents,
         dead_lettered,
+        unconfirmed,
+        unchallenged,
         refunds_total: u64::try_from(refunds_total).unwrap_or(0),
         refunds_not_final,
         expected_events,
@@ -460,6 +489,19 @@ mod tests {
         );
         // The same payment dead lettered is accounted for.
         o.dead_lettered.insert("pi_declined".into());
+        assert!(violated(&o).is_empty());
+        // Never confirmed: only `requires_confirmation` is right for it.
+        let mut o = clean();
+        o.intents[1].status = "requires_confirmation".into();
+        o.unconfirmed.insert("pi_declined".into());
+        assert!(violated(&o).is_empty());
+        o.intents[1].status = "processing".into();
+        assert_eq!(violated(&o).len(), 1);
+        // A challenge the cardholder never got through waits in `requires_action`, rightly.
+        let mut o = clean();
+        o.intents[1].status = "requires_action".into();
+        assert_eq!(violated(&o).len(), 1);
+        o.unchallenged.insert("pi_declined".into());
         assert!(violated(&o).is_empty());
 
         let mut o = clean();

@@ -312,13 +312,25 @@ impl Sink {
     }
 }
 
-/// One payment, start to end; returns its intent id once created.
+/// What the driver did with one payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Driven {
+    pub id: String,
+    /// The API accepted the confirm. Without that (the API unreachable for all of
+    /// `RETRY_FOR`), `requires_confirmation` is where the intent rightly stays.
+    pub confirmed: bool,
+    /// For 3-D Secure: the cardholder's side got through (the challenge answered and the
+    /// callback reached). Otherwise `requires_action` is where the intent rightly waits.
+    pub challenged: bool,
+}
+
+/// One payment, start to end; `None` when it was never created.
 pub async fn one_payment(
     client: &Client,
     mut rng: Rng,
     i: u64,
     return_url: &str,
-) -> Option<String> {
+) -> Option<Driven> {
     let roll = rng.below(100);
     let (method, three_ds) = match roll {
         0..=14 => ("pm_card_threeDSecureRequired", true),
@@ -348,18 +360,28 @@ pub async fn one_payment(
         Ok((s, b)) if s.is_success() => b["id"].as_str()?.to_owned(),
         _ => return None,
     };
-    let _ = client
+    let confirmed = client
         .call(
             Method::POST,
             &format!("/api/payment-intents/{id}/confirm"),
             Some(&json!({})),
             Some(&key("confirm")),
         )
-        .await;
+        .await
+        .is_ok_and(|(s, _)| s.is_success());
+    let mut driven = Driven {
+        id: id.clone(),
+        confirmed,
+        // Nothing to get through without 3-D Secure.
+        challenged: !three_ds,
+    };
+    if !confirmed {
+        return Some(driven);
+    }
     if three_ds {
         let pass = rng.below(100) >= 20;
-        let _ = challenge(client, &id, pass).await;
-        return Some(id);
+        driven.challenged = challenge(client, &id, pass).await.is_ok();
+        return Some(driven);
     }
     // A refund for a third of the successful payments: a part of it, then more than is left,
     // which must be refused.
@@ -384,7 +406,7 @@ pub async fn one_payment(
             )
             .await;
     }
-    Some(id)
+    Some(driven)
 }
 
 /// The cardholder's side of 3-D Secure: the challenge page's form, then the redirect back to

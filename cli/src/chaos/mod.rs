@@ -99,6 +99,10 @@ pub struct Mayhem {
     pub faults: Mutex<BTreeMap<String, u64>>,
     /// Payments not final but in the dead letters at the end.
     pub dead_lettered: AtomicU64,
+    /// Payments whose confirm the API never accepted within the driver's retries.
+    pub unconfirmed: AtomicU64,
+    /// 3-D Secure payments whose challenge the driver could not get through.
+    pub unchallenged: AtomicU64,
 }
 
 pub async fn run(config: &Config, args: ChaosArgs) -> anyhow::Result<ExitCode> {
@@ -182,13 +186,13 @@ async fn drive_and_check(
                     driver::one_payment(&client, Rng::for_item(seed, i), i, &ret).await
                 }));
             }
-            let mut ids = Vec::new();
+            let mut driven = Vec::new();
             for t in tasks {
-                if let Ok(Some(id)) = t.await {
-                    ids.push(id);
+                if let Ok(Some(d)) = t.await {
+                    driven.push(d);
                 }
             }
-            ids
+            driven
         })
     };
 
@@ -254,13 +258,24 @@ async fn drive_and_check(
         .faults
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = fired;
-    let ids = driving.await.context("the driver")?;
+    let driven = driving.await.context("the driver")?;
+    let unconfirmed = driven.iter().filter(|d| !d.confirmed).count();
+    let unchallenged = driven
+        .iter()
+        .filter(|d| d.confirmed && !d.challenged)
+        .count();
+    mayhem
+        .unchallenged
+        .store(u64::try_from(unchallenged).unwrap_or(0), Ordering::Relaxed);
+    mayhem
+        .unconfirmed
+        .store(u64::try_from(unconfirmed).unwrap_or(0), Ordering::Relaxed);
 
     let observations = check::observe(
         stack,
         &client,
         &sink,
-        &ids,
+        &driven,
         Duration::from_secs(args.settle_secs),
     )
     .await?;
@@ -306,11 +321,13 @@ fn mayhem_table(m: &Mayhem) -> String {
             .join(", ")
     };
     format!(
-        "killed (SIGKILL, then restarted): {}\nsimulator faults fired: {}\nrequests the driver retried with the same Idempotency-Key: {}\npayments in the dead letters: {}\n",
+        "killed (SIGKILL, then restarted): {}\nsimulator faults fired: {}\nrequests the driver retried with the same Idempotency-Key: {}\npayments in the dead letters: {}\npayments the driver could not confirm (the API unreachable for 120 s): {}\n3-D Secure challenges the driver could not get through: {}\n",
         list(&kills),
         list(&faults),
         m.driver_retries.load(Ordering::Relaxed),
-        m.dead_lettered.load(Ordering::Relaxed)
+        m.dead_lettered.load(Ordering::Relaxed),
+        m.unconfirmed.load(Ordering::Relaxed),
+        m.unchallenged.load(Ordering::Relaxed)
     )
 }
 
@@ -335,6 +352,8 @@ fn report_json(rows: &[CheckRow], m: &Mayhem, seed: u64) -> serde_json::Value {
         "faultsFired": faults,
         "driverRetries": m.driver_retries.load(Ordering::Relaxed),
         "deadLettered": m.dead_lettered.load(Ordering::Relaxed),
+        "unconfirmed": m.unconfirmed.load(Ordering::Relaxed),
+        "unchallenged": m.unchallenged.load(Ordering::Relaxed),
     })
 }
 
