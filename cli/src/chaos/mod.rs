@@ -135,12 +135,21 @@ pub async fn run(config: &Config, args: ChaosArgs) -> anyhow::Result<ExitCode> {
     ));
     let outcome = drive_and_check(&mut stack, &args, seed).await;
     stack.stop().await;
-    let keep = args.keep;
-    if !keep {
+    let violations: u64 = outcome
+        .as_ref()
+        .map(|(rows, _)| rows.iter().map(|r| r.violations).sum())
+        .unwrap_or(0);
+    // A violation is kept for a look: the database and every process's log.
+    if args.keep || violations > 0 {
+        eprintln!(
+            "kept database {} and {} (drop and remove them when done)",
+            stack.db_name,
+            stack.dir.display()
+        );
+    } else {
         stack.remove().await;
     }
     let (rows, mayhem) = outcome?;
-    let violations: u64 = rows.iter().map(|r| r.violations).sum();
     if args.json {
         println!("{}", report_json(&rows, &mayhem, seed));
     } else {
