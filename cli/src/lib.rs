@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bench_webhooks;
+pub mod chaos;
 pub mod dlq;
 pub mod doctor;
 pub mod listen;
@@ -43,6 +44,10 @@ pub enum Command {
     },
     /// Measure payments per second and confirm-to-succeeded latency against a running stack.
     Bench(bench::BenchArgs),
+    /// Start a stack of its own, drive payments, refunds, 3-D Secure and webhooks through it
+    /// while killing its processes and making the acquirer misbehave, then check every
+    /// invariant and print them as a table; exit 1 on any violation.
+    Chaos(chaos::ChaosArgs),
     /// Measure webhook deliveries per second and event-to-receipt latency against a running stack.
     BenchWebhooks(bench_webhooks::BenchWebhooksArgs),
     /// Receive this merchant's webhooks on this machine: subscribe a local endpoint, verify
@@ -201,6 +206,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys { command } => keys(&config, command).await,
         Command::Dlq { command } => dlq::run(&config, command).await,
         Command::Bench(args) => bench::run(&config, args).await,
+        Command::Chaos(args) => chaos::run(&config, args).await,
         Command::BenchWebhooks(args) => bench_webhooks::run(&config, args).await,
         Command::Listen(args) => listen::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Audit {

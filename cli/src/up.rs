@@ -28,19 +28,51 @@ pub struct UpArgs {
     /// (once) under `--data-dir`/tls; every process and the simulator trust that CA.
     #[arg(long)]
     pub tls: bool,
+    /// How many confirm-workers and webhook-workers to run. Replicas share one durable
+    /// JetStream consumer each, so they split the work; measure with `paystream bench`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
+    pub replicas: u64,
 }
 
 /// The processes `up` runs, in start order. Names are binary names next to `paystream`.
 /// The processes without an HTTP API of their own: `up` hands each a health port.
-const WORKERS: &[&str] = &[
+pub(crate) const WORKERS: &[&str] = &[
     "confirm-worker",
     "refund-worker",
     "webhook-worker",
     "scheduler",
 ];
 
+/// The workers `--replicas` multiplies: the two on the payment's path that scale out.
+const REPLICATED: &[&str] = &["confirm-worker", "webhook-worker"];
+
+/// What every process of a local stack is told: where the database, the broker and the API
+/// are, and that webhooks may go to loopback. `up` and `paystream chaos` start their
+/// processes through this one place.
+pub(crate) fn stack_env<'c>(
+    command: &'c mut Command,
+    db_url: &str,
+    nats_url: &str,
+    environment: &str,
+    api: &str,
+) -> &'c mut Command {
+    command
+        .env("DATABASE_URL", db_url)
+        .env("NATS_URL", nats_url)
+        .env("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE", "true")
+        .env(ENV_VAR, environment)
+        .env(
+            "ACQUIRER_SIM_NOTIFY_URL",
+            format!("{api}/api/provider/webhooks"),
+        )
+        // A finished 3-D Secure challenge sends the browser back to the API's callback.
+        .env("ACQUIRER_SIM_CALLBACK_URL", api)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+}
+
 /// A port nothing listens on now; the child binds it a moment later.
-fn free_local_addr() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_local_addr() -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?)
 }
@@ -106,7 +138,7 @@ impl Supervisor {
     }
 }
 
-fn binary_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn binary_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the paystream binary")?;
     Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
 }
@@ -158,7 +190,7 @@ async fn build_missing_binaries(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn find_on_path(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
+pub(crate) fn find_on_path(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(extra.iter().cloned())
@@ -205,6 +237,11 @@ fn host_port(url: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
         None => (host_port.to_owned(), default_port),
     };
     Ok((host, port))
+}
+
+/// The port of a NATS URL (4222 when it names none or cannot be read).
+pub(crate) fn nats_port(url: &str) -> u16 {
+    host_port(url, 4222).map_or(4222, |(_, port)| port)
 }
 
 fn is_local(host: &str) -> bool {
@@ -318,7 +355,11 @@ async fn start_nats(sup: &mut Supervisor, data_dir: &Path, url: &str) -> anyhow:
     wait_until(Duration::from_secs(15), "NATS", || nats_answers(url)).await
 }
 
-async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+pub(crate) async fn wait_until<F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut check: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -333,7 +374,7 @@ where
     bail!("{what} did not become ready within {}s", timeout.as_secs())
 }
 
-async fn healthy(http: &reqwest::Client, url: &str) -> bool {
+pub(crate) async fn healthy(http: &reqwest::Client, url: &str) -> bool {
     http.get(format!("{url}/healthz"))
         .send()
         .await
@@ -476,7 +517,15 @@ async fn start(
     let mut started = Vec::new();
     // Workers serve no API; each gets a health endpoint on a free port for the READY check.
     let mut worker_health = Vec::new();
-    for name in SERVICES {
+    let plan = SERVICES.iter().flat_map(|name| {
+        let copies = if REPLICATED.contains(name) {
+            args.replicas
+        } else {
+            1
+        };
+        (0..copies).map(move |_| name)
+    });
+    for name in plan {
         let path = dir.join(name);
         if !path.is_file() {
             continue;
@@ -495,23 +544,13 @@ async fn start(
             }
             command.env("PAYSTREAM_VAULT_URL", &vault);
         }
-        let child = command
-            .env("DATABASE_URL", &db_url)
-            .env("NATS_URL", &config.nats_url)
-            .env("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE", "true")
-            .env(ENV_VAR, environment)
-            .env(
-                "ACQUIRER_SIM_NOTIFY_URL",
-                format!("{api}/api/provider/webhooks"),
-            )
-            // A finished 3-D Secure challenge sends the browser back to the API's callback.
-            .env("ACQUIRER_SIM_CALLBACK_URL", &api)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
+        let child = stack_env(&mut command, &db_url, &config.nats_url, environment, &api)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         sup.adopt(name, child);
-        started.push(*name);
+        if !started.contains(name) {
+            started.push(*name);
+        }
     }
     if !started.contains(&"paystream-api") {
         bail!("paystream-api was not found next to {}; build the workspace first (cargo build --workspace)", dir.display());
@@ -625,5 +664,8 @@ mod tests {
         );
         assert!(host_port("nats://h:notaport", 4222).is_err());
         assert!(is_local("127.0.0.1") && !is_local("db.internal"));
+        assert_eq!(nats_port("nats://127.0.0.1:14222"), 14222);
+        assert_eq!(nats_port("nats://localhost"), 4222);
+        assert_eq!(nats_port("nats://h:bad"), 4222);
     }
 }

@@ -52,12 +52,20 @@ async fn bench_drives_payments_to_succeeded_and_reports_them() {
 
     // The API and the key come from the environment, as after `paystream up`.
     let out = bench(|c| {
-        c.args(["--payments", "20", "--concurrency", "4", "--json", "--out"])
-            .arg(&out_file)
-            .args(["--timeout-secs", "20"])
-            .env("DATABASE_URL", &app.db.url)
-            .env("PAYSTREAM_API_ADDR", addr(&app))
-            .env("PAYSTREAM_BOOTSTRAP_API_KEY", &app.api_key);
+        c.args([
+            "--payments",
+            "20",
+            "--concurrency",
+            "4",
+            "--observe",
+            "list",
+        ])
+        .args(["--json", "--out"])
+        .arg(&out_file)
+        .args(["--timeout-secs", "20"])
+        .env("DATABASE_URL", &app.db.url)
+        .env("PAYSTREAM_API_ADDR", addr(&app))
+        .env("PAYSTREAM_BOOTSTRAP_API_KEY", &app.api_key);
     })
     .await;
     let stdout = text(&out.stdout);
@@ -112,6 +120,67 @@ async fn bench_drives_payments_to_succeeded_and_reports_them() {
     assert!(
         !table.contains(&app.api_key) && !text(&out.stderr).contains(&app.api_key),
         "the key is never printed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_bench_sees_payments_through_its_own_verified_webhooks() {
+    let app = spawn_app().await;
+    let _worker = app.start_confirm_worker();
+    let _webhooks = app.start_webhook_worker();
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let out_file = std::env::temp_dir().join(format!("paystream-bench-{tag}.json"));
+    let plot_file = std::env::temp_dir().join(format!("paystream-bench-{tag}.svg"));
+
+    // 10 payments/s for 2 s, observed by the default: the bench's webhook sink.
+    let out = bench(|c| {
+        c.args(["--rate", "10", "--duration", "2", "--json", "--out"])
+            .arg(&out_file)
+            .arg("--plot")
+            .arg(&plot_file)
+            .args(["--timeout-secs", "30"])
+            .env("DATABASE_URL", &app.db.url)
+            .env("PAYSTREAM_API_ADDR", addr(&app))
+            .env("PAYSTREAM_BOOTSTRAP_API_KEY", &app.api_key);
+    })
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["payments"], 20, "{report}");
+    assert_eq!(report["succeeded"], 20, "{report}");
+    assert_eq!(report["load"]["loop"], "open");
+    assert_eq!(report["load"]["rate"], 10);
+    assert!(report["load"]["maxSendLagMs"].is_number(), "{report}");
+    assert_eq!(report["observation"]["method"], "webhook");
+    // Seen through webhooks only: the observer itself sent no request.
+    assert_eq!(report["observation"]["requests"], 0, "{report}");
+    let hooks = &report["webhooks"];
+    assert!(hooks["received"].as_u64().unwrap() >= 20, "{report}");
+    assert_eq!(hooks["invalidSignatures"], 0);
+    for k in [
+        "confirmToSucceededMs",
+        "succeededToWebhookMs",
+        "intendedStartToSeenMs",
+    ] {
+        assert!(report[k]["p99"].is_number(), "{k}: {report}");
+    }
+    let per_second = report["throughputPerSecond"].as_array().expect("an array");
+    let total: u64 = per_second.iter().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(total, 20, "{report}");
+    assert!(report["processes"].is_object(), "{report}");
+    let svg = std::fs::read_to_string(&plot_file).expect("--plot wrote the SVG");
+    assert!(svg.starts_with("<svg") && svg.contains("latency distribution"));
+    let _ = std::fs::remove_file(&out_file);
+    let _ = std::fs::remove_file(&plot_file);
+
+    // The sink's subscription is gone with it.
+    let subs = app.get("/api/webhooks/subscriptions").await;
+    assert_eq!(
+        subs.body["data"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        subs.text
     );
 }
 

@@ -48,6 +48,8 @@ use paystream_shared::config::Config;
 /// How the bench learns that a payment succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Observe {
+    /// The bench's own webhook endpoint receives `payment_intent.succeeded` and verifies it.
+    Webhook,
     /// One observer pages the list of succeeded intents of this run (batched looks).
     List,
     /// Every payment polls its own intent.
@@ -57,6 +59,7 @@ pub enum Observe {
 impl Observe {
     fn as_str(self) -> &'static str {
         match self {
+            Observe::Webhook => "webhook",
             Observe::List => "list",
             Observe::Get => "get",
         }
@@ -71,6 +74,17 @@ pub struct BenchArgs {
     /// How many payments are in flight at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub concurrency: u64,
+    /// Open loop: start this many payments per second whatever the answers (with
+    /// `--duration`; `--payments` and `--concurrency` are then unused). Latency counts from
+    /// each payment's intended start.
+    #[arg(long, requires = "duration", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub rate: Option<u64>,
+    /// Open loop: for this many seconds.
+    #[arg(long, requires = "rate", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub duration: Option<u64>,
+    /// Write an SVG plot: throughput per second over the run, and the latency distribution.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// The API to drive: a URL, or host:port as in PAYSTREAM_API_ADDR.
     #[arg(long, env = "PAYSTREAM_API_ADDR", default_value = "127.0.0.1:8080")]
     pub api: String,
@@ -87,7 +101,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub pgbench: bool,
     /// How `succeeded` is observed.
-    #[arg(long, value_enum, default_value = "list")]
+    #[arg(long, value_enum, default_value = "webhook")]
     pub observe: Observe,
     /// The list observer's interval between cycles, in milliseconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -98,6 +112,24 @@ pub struct BenchArgs {
     /// Send no Idempotency-Key (and so retry only requests that never reached the API).
     #[arg(long)]
     pub no_idempotency_keys: bool,
+}
+
+impl BenchArgs {
+    pub(crate) fn load(&self) -> Load {
+        match self.rate {
+            Some(per_second) => Load::Open { per_second },
+            None => Load::Closed {
+                concurrency: self.concurrency,
+            },
+        }
+    }
+
+    pub(crate) fn total_payments(&self) -> u64 {
+        match (self.rate, self.duration) {
+            (Some(rate), Some(secs)) => rate.saturating_mul(secs),
+            _ => self.payments,
+        }
+    }
 }
 
 /// Transient failures (connection errors, 5xx, 429) are retried this often; with an
@@ -124,10 +156,15 @@ const PGBENCH_DB: &str = "paystream_pgbench";
 
 mod payments;
 mod pgbench;
+mod plot;
 mod report;
+pub mod rss;
+mod sink;
 pub mod stats;
 
+pub use payments::SinkFigures;
 use payments::*;
+pub(crate) use pgbench::with_database;
 use pgbench::*;
 pub use pgbench::{parse_pgbench_tps, pg_env};
 pub use report::{Json, Pgbench, Report};
@@ -185,12 +222,27 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     preflight(&api).await?;
     if !args.json {
-        eprintln!(
-            "running {} payments, {} in flight, against {base} ...",
-            args.payments, args.concurrency
-        );
+        match args.load() {
+            Load::Closed { concurrency } => eprintln!(
+                "running {} payments, {concurrency} in flight, observed by {}, against {base} ...",
+                args.payments,
+                args.observe.as_str()
+            ),
+            Load::Open { per_second } => eprintln!(
+                "starting {per_second} payments/s for {} s (open loop), observed by {}, against {base} ...",
+                args.duration.unwrap_or_default(),
+                args.observe.as_str()
+            ),
+        }
     }
-    let measured = drive(api, &args).await;
+    let target = rss::Target {
+        database: database_name(config.database_url.expose()),
+        nats_port: crate::up::nats_port(&config.nats_url),
+    };
+    let measured = drive(api, &args, target).await?;
+    if let Some(path) = &args.plot {
+        plot::write(path, &measured).with_context(|| format!("writing {}", path.display()))?;
+    }
     let mut report = Report::from_measured(&base, &args, measured);
     if args.pgbench {
         if !args.json {
@@ -390,6 +442,30 @@ mod tests {
                 clients: 2,
                 requested: 4,
             }),
+            rate: Some(5),
+            duration_secs: Some(2),
+            max_send_lag_us: Some(1_250),
+            webhook: Some(Summary {
+                p50: 4_000,
+                p90: 5_000,
+                p99: 6_000,
+                max: 7_000,
+            }),
+            intended: None,
+            sink: Some(SinkFigures {
+                received: 10,
+                invalid_signatures: 0,
+                duplicates: 1,
+            }),
+            timeline: vec![4, 5],
+            processes: vec![rss::ProcessFigures {
+                name: "paystream-api".into(),
+                pid: 7,
+                first_kb: 14_000,
+                last_kb: 15_000,
+                peak_kb: 20_000,
+                cpu_ticks: 3,
+            }],
         };
         let v: serde_json::Value = serde_json::from_str(&r.to_json().render()).unwrap();
         assert_eq!(v["payments"], 10);
@@ -412,5 +488,19 @@ mod tests {
         );
         assert!(table.contains("failed x1: confirm: HTTP 409"));
         assert!(table.contains("2 clients (of 4: "), "{table}");
+        assert_eq!(v["succeededToWebhookMs"]["p99"].to_string(), "6.0");
+        assert_eq!(v["load"]["loop"], "open");
+        assert_eq!(v["load"]["maxSendLagMs"].to_string(), "1.25");
+        assert_eq!(v["webhooks"]["duplicates"], 1);
+        assert_eq!(v["throughputPerSecond"], json!([4, 5]));
+        assert_eq!(v["processes"]["paystream-api"]["peakRssKb"], 20_000);
+        // 3 ticks of 10 ms over 9 payments.
+        assert_eq!(
+            v["processes"]["paystream-api"]["cpuMsPerPayment"].to_string(),
+            "3.333"
+        );
+        assert!(table.contains("5/s for 2 s, open loop"), "{table}");
+        assert!(table.contains("updatedAt -> webhook received"), "{table}");
+        assert!(table.contains("1 duplicates"), "{table}");
     }
 }

@@ -163,6 +163,8 @@ pub(crate) enum Seen {
         at: Instant,
         window_start: Instant,
         updated_at: DateTime<Utc>,
+        /// When its `payment_intent.succeeded` webhook arrived (`--observe webhook`).
+        webhook_at: Option<DateTime<Utc>>,
     },
     Failed(String),
 }
@@ -204,6 +206,8 @@ pub(crate) struct Run {
 /// One payment's measurements (microseconds).
 #[derive(Debug)]
 pub(crate) struct Outcome {
+    /// When the bench saw it end (either way).
+    pub(crate) finished: Instant,
     pub(crate) create_us: u64,
     pub(crate) confirm_us: Option<u64>,
     pub(crate) result: Result<Done, String>,
@@ -216,6 +220,11 @@ pub(crate) struct Done {
     /// To the worker's `updatedAt`; `None` when that lies before the confirm was sent, which
     /// only happens when the bench's clock and the stack's disagree.
     pub(crate) recorded_us: Option<u64>,
+    /// From the worker's `updatedAt` to the webhook's arrival (`--observe webhook`).
+    pub(crate) webhook_us: Option<u64>,
+    /// From the intended start (not the actual one, so a late sender cannot hide a queue)
+    /// to `succeeded` seen.
+    pub(crate) intended_us: u64,
 }
 
 impl Run {
@@ -264,7 +273,39 @@ impl Run {
         STRAGGLER_AFTER.max(Duration::from_micros(mean.saturating_mul(4)))
     }
 
-    async fn one_payment(&self, i: u64) -> Outcome {
+    /// A verified webhook from the sink: the payment waiting for it is told.
+    pub(crate) fn delivered(&self, delivery: sink::Delivery, at: Instant, at_wall: DateTime<Utc>) {
+        let (id, seen) = match delivery {
+            sink::Delivery::Succeeded { id, updated_at } => (
+                id,
+                Seen::Succeeded {
+                    at,
+                    window_start: at,
+                    updated_at,
+                    webhook_at: Some(at_wall),
+                },
+            ),
+            sink::Delivery::Failed { id, reason } => (id, Seen::Failed(reason)),
+            sink::Delivery::Other => return,
+        };
+        if let Some(w) = self.lock().remove(&id) {
+            let _ = w.tx.send(seen);
+        }
+    }
+
+    /// `--observe webhook`: the sink sees successes; this only times out and looks at the
+    /// few intents that wait far longer than usual (a lost webhook, a decline).
+    pub(crate) async fn watch_stragglers(&self, done: CancellationToken) {
+        while !done.is_cancelled() {
+            self.check_stragglers(self.straggler_after()).await;
+            tokio::select! {
+                _ = tokio::time::sleep(STRAGGLER_RECHECK) => {}
+                _ = done.cancelled() => {}
+            }
+        }
+    }
+
+    pub(crate) async fn one_payment(&self, i: u64, intended: Instant) -> Outcome {
         let key = |what: &str| {
             self.idempotency
                 .then(|| format!("{}-{i}-{what}", self.run_id))
@@ -288,6 +329,7 @@ impl Run {
             .await;
         let create_us = micros(started.elapsed());
         let failed = |reason: String, confirm_us: Option<u64>| Outcome {
+            finished: Instant::now(),
             create_us,
             confirm_us,
             result: Err(reason),
@@ -307,7 +349,7 @@ impl Run {
         let sent = Instant::now();
         let sent_wall = Utc::now();
         // Registered before the confirm goes out: the worker may finish before the 202 is back.
-        let rx = (self.observe == Observe::List).then(|| self.register(&intent, block, sent));
+        let rx = (self.observe != Observe::Get).then(|| self.register(&intent, block, sent));
         let confirmed = self
             .api
             .call(
@@ -339,6 +381,7 @@ impl Run {
                 at,
                 window_start,
                 updated_at,
+                webhook_at,
             } => {
                 let observed_us = micros(at.saturating_duration_since(sent));
                 self.latency_sum_us
@@ -347,13 +390,21 @@ impl Run {
                 let recorded_us = (updated_at - sent_wall)
                     .num_microseconds()
                     .and_then(|us| u64::try_from(us).ok());
+                let webhook_us = webhook_at.and_then(|w| {
+                    (w - updated_at)
+                        .num_microseconds()
+                        .and_then(|us| u64::try_from(us).ok())
+                });
                 Outcome {
+                    finished: at,
                     create_us,
                     confirm_us: Some(confirm_us),
                     result: Ok(Done {
                         observed_us,
                         uncertainty_us: micros(at.saturating_duration_since(window_start)),
                         recorded_us,
+                        webhook_us,
+                        intended_us: micros(at.saturating_duration_since(intended)),
                     }),
                 }
             }
@@ -380,6 +431,7 @@ impl Run {
                         at: Instant::now(),
                         window_start: last_look,
                         updated_at: pi.updated_at,
+                        webhook_at: None,
                     }
                 }
                 Verdict::Failed(reason) => return Seen::Failed(reason),
@@ -487,6 +539,7 @@ impl Run {
                             at,
                             window_start: w.last_look,
                             updated_at: pi.updated_at,
+                            webhook_at: None,
                         });
                     }
                 }
@@ -554,6 +607,7 @@ impl Run {
                                 at: Instant::now(),
                                 window_start: w.last_look,
                                 updated_at: pi.updated_at,
+                                webhook_at: None,
                             });
                         }
                     }
@@ -576,17 +630,45 @@ impl Run {
 /// What a whole run measured.
 pub(crate) struct Measured {
     pub(crate) outcomes: Vec<Outcome>,
+    pub(crate) started: Instant,
     pub(crate) wall: Duration,
     pub(crate) observer_requests: u64,
     pub(crate) observer_errors: u64,
     pub(crate) retries: u64,
+    /// `--observe webhook`: what the sink received.
+    pub(crate) sink: Option<SinkFigures>,
+    /// `--rate`: how late the sender started payments behind their schedule, at worst.
+    pub(crate) max_send_lag_us: Option<u64>,
+    pub(crate) rss: Vec<rss::ProcessFigures>,
 }
 
-pub(crate) async fn drive(api: Api, args: &BenchArgs) -> Measured {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkFigures {
+    pub received: u64,
+    pub invalid_signatures: u64,
+    pub duplicates: u64,
+}
+
+/// How the payments are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Load {
+    /// `--concurrency` slots, each starting its next payment when the last one ended.
+    Closed { concurrency: u64 },
+    /// `--rate`: payment `i` starts at `i / rate` seconds whatever the answers, so a slow
+    /// stack meets a growing queue, as it would in production, and every latency runs from
+    /// that intended start (no coordinated omission).
+    Open { per_second: u64 },
+}
+
+pub(crate) async fn drive(
+    api: Api,
+    args: &BenchArgs,
+    target: rss::Target,
+) -> anyhow::Result<Measured> {
     let run = Arc::new(Run {
         api: api.clone(),
         run_id: format!("bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-        payments: args.payments,
+        payments: args.total_payments(),
         observe: args.observe,
         poll: Duration::from_millis(args.poll_ms),
         timeout: Duration::from_secs(args.timeout_secs),
@@ -600,33 +682,72 @@ pub(crate) async fn drive(api: Api, args: &BenchArgs) -> Measured {
         latency_sum_us: AtomicU64::new(0),
         latency_count: AtomicU64::new(0),
     });
+    let sink = match args.observe {
+        Observe::Webhook => Some(sink::Sink::start(run.clone()).await?),
+        _ => None,
+    };
     let done = CancellationToken::new();
-    let observer = (args.observe == Observe::List).then(|| {
-        let (run, done) = (run.clone(), done.clone());
-        tokio::spawn(async move { run.observe_list(done).await })
-    });
+    let observer = match args.observe {
+        Observe::List => {
+            let (run, done) = (run.clone(), done.clone());
+            Some(tokio::spawn(async move { run.observe_list(done).await }))
+        }
+        Observe::Webhook => {
+            let (run, done) = (run.clone(), done.clone());
+            Some(tokio::spawn(
+                async move { run.watch_stragglers(done).await },
+            ))
+        }
+        Observe::Get => None,
+    };
+    let sampler = rss::Sampler::start(target, done.clone());
     let started = Instant::now();
-    let slots: Vec<_> = (0..args.concurrency.min(args.payments))
-        .map(|_| {
-            let run = run.clone();
-            tokio::spawn(async move {
-                let mut outcomes = Vec::new();
-                loop {
-                    let i = run.next.fetch_add(1, Ordering::Relaxed);
-                    if i >= run.payments {
-                        break;
-                    }
-                    outcomes.push(run.one_payment(i).await);
-                }
-                outcomes
-            })
-        })
-        .collect();
+    let mut max_send_lag_us = None;
     let mut outcomes = Vec::new();
-    for slot in slots {
-        match slot.await {
-            Ok(mut o) => outcomes.append(&mut o),
-            Err(e) => eprintln!("a bench task failed: {e}"),
+    match args.load() {
+        Load::Closed { concurrency } => {
+            let slots: Vec<_> = (0..concurrency.min(run.payments))
+                .map(|_| {
+                    let run = run.clone();
+                    tokio::spawn(async move {
+                        let mut outcomes = Vec::new();
+                        loop {
+                            let i = run.next.fetch_add(1, Ordering::Relaxed);
+                            if i >= run.payments {
+                                break;
+                            }
+                            outcomes.push(run.one_payment(i, Instant::now()).await);
+                        }
+                        outcomes
+                    })
+                })
+                .collect();
+            for slot in slots {
+                match slot.await {
+                    Ok(mut o) => outcomes.append(&mut o),
+                    Err(e) => eprintln!("a bench task failed: {e}"),
+                }
+            }
+        }
+        Load::Open { per_second } => {
+            let mut tasks = Vec::new();
+            let mut lag = 0;
+            for i in 0..run.payments {
+                let intended = started + schedule_offset(i, per_second);
+                tokio::time::sleep_until(intended.into()).await;
+                lag = lag.max(micros(Instant::now().saturating_duration_since(intended)));
+                let run = run.clone();
+                tasks.push(tokio::spawn(
+                    async move { run.one_payment(i, intended).await },
+                ));
+            }
+            max_send_lag_us = Some(lag);
+            for t in tasks {
+                match t.await {
+                    Ok(o) => outcomes.push(o),
+                    Err(e) => eprintln!("a bench task failed: {e}"),
+                }
+            }
         }
     }
     let wall = started.elapsed();
@@ -634,11 +755,36 @@ pub(crate) async fn drive(api: Api, args: &BenchArgs) -> Measured {
     if let Some(observer) = observer {
         let _ = observer.await;
     }
-    Measured {
+    let rss = sampler.finish().await;
+    let sink = match sink {
+        Some(sink) => {
+            let c = &sink.state.counts;
+            let figures = SinkFigures {
+                received: c.received.load(Ordering::Relaxed),
+                invalid_signatures: c.invalid_signatures.load(Ordering::Relaxed),
+                duplicates: c.duplicates.load(Ordering::Relaxed),
+            };
+            sink.close().await;
+            Some(figures)
+        }
+        None => None,
+    };
+    Ok(Measured {
         outcomes,
+        started,
         wall,
         observer_requests: run.observer_requests.load(Ordering::Relaxed),
         observer_errors: run.observer_errors.load(Ordering::Relaxed),
         retries: api.retries.load(Ordering::Relaxed),
-    }
+        sink,
+        max_send_lag_us,
+        rss,
+    })
+}
+
+/// When payment `i` of an open-loop run is due: exactly `i / rate` seconds after the start,
+/// computed in integer nanoseconds so the schedule never drifts.
+pub(crate) fn schedule_offset(i: u64, per_second: u64) -> Duration {
+    let nanos = u128::from(i) * 1_000_000_000 / u128::from(per_second.max(1));
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }

@@ -96,6 +96,15 @@ pub fn pg_env(database_url: &str, database: &str) -> anyhow::Result<Vec<(String,
 }
 
 /// `database_url` pointing at another database of the same server.
+/// The database a DATABASE_URL names (`paystream` when it names none), to find its backends.
+pub(crate) fn database_name(database_url: &str) -> String {
+    reqwest::Url::parse(database_url)
+        .ok()
+        .map(|u| u.path().trim_start_matches('/').to_owned())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "paystream".to_owned())
+}
+
 pub(crate) fn with_database(database_url: &str, database: &str) -> anyhow::Result<String> {
     let mut url = reqwest::Url::parse(database_url).context("DATABASE_URL is not a URL")?;
     url.set_path(&format!("/{database}"));

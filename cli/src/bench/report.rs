@@ -12,6 +12,7 @@ pub enum Json {
     /// Thousandths, printed with three decimals.
     Fixed3(u128),
     Str(String),
+    Arr(Vec<Json>),
     Obj(Vec<(String, Json)>),
 }
 
@@ -32,6 +33,16 @@ impl Json {
             Json::Int(n) => out.push_str(&n.to_string()),
             Json::Fixed3(n) => out.push_str(&fixed3(*n)),
             Json::Str(s) => out.push_str(&serde_json::Value::from(s.as_str()).to_string()),
+            Json::Arr(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    v.write(out);
+                }
+                out.push(']');
+            }
             Json::Obj(fields) => {
                 out.push('{');
                 for (i, (k, v)) in fields.iter().enumerate() {
@@ -105,6 +116,37 @@ pub struct Report {
     pub retries: u64,
     pub clock_skewed: u64,
     pub pgbench: Option<Pgbench>,
+    /// `--rate` and `--duration` of an open-loop run.
+    pub rate: Option<u64>,
+    pub duration_secs: Option<u64>,
+    pub max_send_lag_us: Option<u64>,
+    /// From the worker's `updatedAt` to the webhook's arrival.
+    pub webhook: Option<Summary>,
+    /// From each payment's intended start to `succeeded` seen.
+    pub intended: Option<Summary>,
+    pub sink: Option<SinkFigures>,
+    /// Payments seen succeeded in each second of the run.
+    pub timeline: Vec<u64>,
+    pub processes: Vec<rss::ProcessFigures>,
+}
+
+/// Linux's clock tick for /proc CPU times: 100 per second everywhere it runs in practice.
+const MS_PER_TICK: u64 = 10;
+
+/// Successes per whole second since the start.
+pub(crate) fn timeline(m: &Measured) -> Vec<u64> {
+    let mut buckets: Vec<u64> = Vec::new();
+    for o in m.outcomes.iter().filter(|o| o.result.is_ok()) {
+        let second = usize::try_from(o.finished.saturating_duration_since(m.started).as_secs())
+            .unwrap_or(usize::MAX);
+        if second >= buckets.len() {
+            buckets.resize(second.saturating_add(1).min(1_000_000), 0);
+        }
+        if let Some(b) = buckets.get_mut(second) {
+            *b += 1;
+        }
+    }
+    buckets
 }
 
 impl Report {
@@ -112,6 +154,7 @@ impl Report {
         let mut failures = BTreeMap::new();
         let (mut latency, mut recorded, mut uncertainty, mut create, mut confirm) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut webhook, mut intended) = (Vec::new(), Vec::new());
         let mut clock_skewed = 0;
         for o in &m.outcomes {
             create.push(o.create_us);
@@ -120,6 +163,8 @@ impl Report {
                 Ok(d) => {
                     latency.push(d.observed_us);
                     uncertainty.push(d.uncertainty_us);
+                    intended.push(d.intended_us);
+                    webhook.extend(d.webhook_us);
                     match d.recorded_us {
                         Some(r) => recorded.push(r),
                         None => clock_skewed += 1,
@@ -130,15 +175,17 @@ impl Report {
         }
         let succeeded = u64::try_from(latency.len()).unwrap_or(u64::MAX);
         let accounted = u64::try_from(m.outcomes.len()).unwrap_or(u64::MAX);
-        if accounted < args.payments {
+        let payments = args.total_payments();
+        if accounted < payments {
             failures.insert(
                 "lost with a failed bench task".to_owned(),
-                args.payments - accounted,
+                payments - accounted,
             );
         }
+        let timeline = timeline(&m);
         Report {
             api: api.to_owned(),
-            payments: args.payments,
+            payments,
             concurrency: args.concurrency,
             observe: args.observe,
             poll_ms: args.poll_ms,
@@ -155,6 +202,14 @@ impl Report {
             retries: m.retries,
             clock_skewed,
             pgbench: None,
+            rate: args.rate,
+            duration_secs: args.duration,
+            max_send_lag_us: m.max_send_lag_us,
+            webhook: Summary::of(webhook),
+            intended: Summary::of(intended),
+            sink: m.sink,
+            timeline,
+            processes: m.rss,
         }
     }
 
@@ -168,6 +223,7 @@ impl Report {
 
     fn poll_description(&self) -> String {
         match self.observe {
+            Observe::Webhook => "its own verified webhook endpoint".to_owned(),
             Observe::List => format!("list pages every {} ms", self.poll_ms),
             Observe::Get => "a GET per payment every 5-50 ms".to_owned(),
         }
@@ -208,6 +264,60 @@ impl Report {
                     ("uncertaintyMs", summary_ms(self.uncertainty)),
                 ]),
             ),
+            ("confirmToSucceededMs", summary_ms(self.recorded)),
+            ("succeededToWebhookMs", summary_ms(self.webhook)),
+            ("intendedStartToSeenMs", summary_ms(self.intended)),
+            (
+                "load",
+                Json::obj([
+                    (
+                        "loop",
+                        Json::Str(
+                            if self.rate.is_some() {
+                                "open"
+                            } else {
+                                "closed"
+                            }
+                            .to_owned(),
+                        ),
+                    ),
+                    (
+                        "rate",
+                        self.rate.map_or(Json::Null, |r| Json::Int(r.into())),
+                    ),
+                    (
+                        "durationSeconds",
+                        self.duration_secs
+                            .map_or(Json::Null, |d| Json::Int(d.into())),
+                    ),
+                    (
+                        "maxSendLagMs",
+                        self.max_send_lag_us
+                            .map_or(Json::Null, |us| Json::Fixed3(us.into())),
+                    ),
+                ]),
+            ),
+            (
+                "webhooks",
+                match self.sink {
+                    None => Json::Null,
+                    Some(s) => Json::obj([
+                        ("received", Json::Int(s.received.into())),
+                        ("invalidSignatures", Json::Int(s.invalid_signatures.into())),
+                        ("duplicates", Json::Int(s.duplicates.into())),
+                    ]),
+                },
+            ),
+            (
+                "throughputPerSecond",
+                Json::Arr(
+                    self.timeline
+                        .iter()
+                        .map(|n| Json::Int((*n).into()))
+                        .collect(),
+                ),
+            ),
+            ("processes", self.processes_json()),
             ("retries", Json::Int(self.retries.into())),
             ("clockSkewed", Json::Int(self.clock_skewed.into())),
             (
@@ -222,17 +332,51 @@ impl Report {
         ])
     }
 
+    /// Per process name: peak RSS, RSS at the first and last sample, CPU over the run and per
+    /// succeeded payment (from `/proc`, see `bench::rss`).
+    fn processes_json(&self) -> Json {
+        Json::Obj(
+            rss::by_name(&self.processes)
+                .into_iter()
+                .map(|(name, f)| {
+                    let cpu_ms = f.cpu_ticks * MS_PER_TICK;
+                    let per_payment = (u128::from(cpu_ms) * 1000)
+                        .checked_div(u128::from(self.succeeded))
+                        .unwrap_or(0);
+                    (
+                        name,
+                        Json::obj([
+                            ("processes", Json::Int(f.processes.into())),
+                            ("peakRssKb", Json::Int(f.peak_kb.into())),
+                            ("firstRssKb", Json::Int(f.first_kb.into())),
+                            ("lastRssKb", Json::Int(f.last_kb.into())),
+                            ("cpuMs", Json::Int(cpu_ms.into())),
+                            ("cpuMsPerPayment", Json::Fixed3(per_payment)),
+                        ]),
+                    )
+                })
+                .collect(),
+        )
+    }
+
     pub fn to_table(&self) -> String {
         let mut out = String::new();
         let line = |out: &mut String, s: String| {
             out.push_str(&s);
             out.push('\n');
         };
+        let load = match (self.rate, self.duration_secs) {
+            (Some(r), Some(d)) => format!(
+                "{r}/s for {d} s, open loop (sender at most {} ms behind schedule)",
+                fixed3(self.max_send_lag_us.unwrap_or_default().into())
+            ),
+            _ => format!("{} in flight", self.concurrency),
+        };
         line(
             &mut out,
             format!(
-                "paystream bench: {} payments, {} in flight, against {}",
-                self.payments, self.concurrency, self.api
+                "paystream bench: {} payments, {load}, against {}",
+                self.payments, self.api
             ),
         );
         line(
@@ -255,6 +399,8 @@ impl Report {
         for (name, s) in [
             ("confirm sent -> succeeded seen", self.latency),
             ("confirm sent -> worker's updatedAt", self.recorded),
+            ("updatedAt -> webhook received", self.webhook),
+            ("intended start -> succeeded seen", self.intended),
             ("create request", self.create),
             ("confirm request (202)", self.confirm),
             ("observation window (error bound)", self.uncertainty),
@@ -299,6 +445,42 @@ impl Report {
                     self.clock_skewed
                 ),
             );
+        }
+        if let Some(s) = self.sink {
+            line(
+                &mut out,
+                format!(
+                    "  webhook sink: {} deliveries, {} bad signatures (refused), {} duplicates",
+                    s.received, s.invalid_signatures, s.duplicates
+                ),
+            );
+        }
+        let names = rss::by_name(&self.processes);
+        if !names.is_empty() {
+            line(
+                &mut out,
+                format!(
+                    "  {:<24} {:>5} {:>12} {:>12} {:>12} {:>14}",
+                    "process", "count", "peak RSS kB", "first kB", "last kB", "CPU ms/payment"
+                ),
+            );
+            for (name, f) in names {
+                let per_payment = (u128::from(f.cpu_ticks * MS_PER_TICK) * 1000)
+                    .checked_div(u128::from(self.succeeded))
+                    .unwrap_or(0);
+                line(
+                    &mut out,
+                    format!(
+                        "  {:<24} {:>5} {:>12} {:>12} {:>12} {:>14}",
+                        name,
+                        f.processes,
+                        f.peak_kb,
+                        f.first_kb,
+                        f.last_kb,
+                        fixed3(per_payment)
+                    ),
+                );
+            }
         }
         match &self.pgbench {
             Some(Pgbench::Ran {

@@ -1,0 +1,62 @@
+//! `paystream chaos` as a real process: it starts its own stack (its own nats-server, database
+//! and simulator), kills every kind of process under load, turns the acquirer's faults on, and
+//! must find no violation. The report must show the kills and faults happened, or a clean
+//! result would prove nothing. (That the checker does flag broken states is tested in
+//! `chaos::check`'s unit tests.)
+
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_chaos_run_kills_everything_and_finds_no_violation() {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_paystream"));
+    cmd.args(["chaos", "--payments", "300", "--rate", "20", "--seed", "11"])
+        .args(["--kill-every-secs", "2", "--settle-secs", "150", "--json"])
+        .env(
+            "DATABASE_URL",
+            format!("{}/postgres", paystream_tests::database_server_url()),
+        )
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(420), cmd.output())
+        .await
+        .expect("the chaos run finished")
+        .expect("run paystream chaos");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("one JSON object ({e}): {stdout}\n{stderr}"));
+    assert!(out.status.success(), "{report:#}\n{stderr}");
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(report["seed"], 11);
+    let checks = report["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 9, "{report:#}");
+    for c in checks {
+        assert_eq!(c["violations"], 0, "{c}");
+        assert!(
+            c["checked"].as_u64().unwrap() > 0,
+            "a check that looked at nothing: {c}"
+        );
+    }
+    // Not vacuous: every kind of process was killed, faults fired, requests were retried.
+    for victim in [
+        "confirm-worker",
+        "refund-worker",
+        "webhook-worker",
+        "scheduler",
+        "paystream-api",
+        "nats-server",
+    ] {
+        assert!(
+            report["kills"][victim].as_u64().unwrap_or(0) >= 1,
+            "{victim} was never killed: {report:#}"
+        );
+    }
+    let faults = &report["faultsFired"];
+    assert!(faults["error"].as_u64().unwrap_or(0) > 0, "{report:#}");
+    assert!(faults["timeout"].as_u64().unwrap_or(0) > 0, "{report:#}");
+    assert!(report["driverRetries"].as_u64().unwrap() > 0, "{report:#}");
+    // Nearly every payment was confirmed: a run whose API was never reachable would pass
+    // the final-state check with nothing to check.
+    assert!(report["unconfirmed"].as_u64().unwrap() < 30, "{report:#}");
+    assert!(report["unchallenged"].as_u64().unwrap() < 10, "{report:#}");
+}
