@@ -287,3 +287,31 @@ async fn without_quorum_intents_are_kept_in_the_outbox_and_flow_once_it_returns(
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_consumer_made_before_replicas_were_configured_is_updated_on_a_single_server() {
+    let (_client, js) = paystream_nats::connect(&paystream_tests::nats_url())
+        .await
+        .unwrap();
+    let topology = Topology::new(&prefix());
+    topology.ensure(&js).await.unwrap();
+    let spec = paystream_nats::ConsumerSpec::new(
+        Stream::PaymentCommands,
+        "confirm",
+        "cmd.payment.confirm",
+    );
+    // What earlier releases made: no replica count, so the server's default.
+    let mut old = spec.consumer_config(&topology);
+    old.num_replicas = 0;
+    let stream = js
+        .get_stream(topology.stream_name(Stream::PaymentCommands))
+        .await
+        .unwrap();
+    stream.create_consumer(old).await.unwrap();
+    let mut consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(spec.consumer_config(&topology))
+        .await
+        .unwrap();
+    assert!(consumer.info().await.unwrap().config.num_replicas <= 1);
+    topology.delete_all(&js).await.unwrap();
+}
