@@ -194,8 +194,8 @@ pub async fn serve(
     paystream_shared::db::ensure_database(&url).await?;
     let pool = paystream_shared::db::connect(&url, config.db_pool_size).await?;
     paystream_shared::db::migrate(&pool).await?;
-    let (nats, js) = paystream_nats::topology::connect(&config.nats_url).await?;
-    let topology = paystream_nats::topology::Topology::new(&config.stream_prefix);
+    let (nats, js) = paystream_nats::topology::connect_with(&config.nats).await?;
+    let topology = paystream_nats::topology::Topology::from_config(&config);
     topology.ensure(&js).await?;
     // Every API replica also drains the outbox; SKIP LOCKED lets several relays share it.
     let relay_waker = paystream_nats::relay::Waker::new();

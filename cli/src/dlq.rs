@@ -99,8 +99,8 @@ async fn audit_replay(pool: &sqlx::PgPool, dl: &DeadLetter) -> anyhow::Result<()
 }
 
 pub async fn run(config: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> {
-    let (_client, js) = topology::connect(&config.nats_url).await?;
-    let topology = Topology::new(&config.stream_prefix);
+    let (_client, js) = topology::connect_with(&config.nats).await?;
+    let topology = Topology::from_config(config);
     topology.ensure(&js).await?;
     match command {
         DlqCommand::List { json } => {

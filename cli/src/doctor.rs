@@ -134,8 +134,13 @@ pub async fn checks(lookup: impl Fn(&str) -> Option<String> + Clone) -> Vec<Chec
     if let Ok(config) = &parsed {
         out.push(sealing_check(&database_url, config).await);
     }
-    let nats_url = get("NATS_URL").unwrap_or_else(|| config::DEFAULT_NATS_URL.into());
-    out.push(nats_check(&nats_url).await);
+    match paystream_shared::nats_settings::NatsSettings::from_lookup(
+        &lookup,
+        config::DEFAULT_NATS_URL,
+    ) {
+        Ok(settings) => out.push(nats_check(&settings).await),
+        Err(e) => out.push(Check::fail("nats", e.to_string())),
+    }
     out
 }
 
@@ -255,11 +260,11 @@ async fn sealing_check(url: &str, config: &Config) -> Check {
     }
 }
 
-async fn nats_check(url: &str) -> Check {
+async fn nats_check(settings: &paystream_shared::nats_settings::NatsSettings) -> Check {
     const NAME: &str = "nats";
     let connected = tokio::time::timeout(
         Duration::from_secs(10),
-        paystream_nats::topology::connect(url),
+        paystream_nats::topology::connect_with(settings),
     )
     .await;
     let client = match connected {
@@ -267,10 +272,24 @@ async fn nats_check(url: &str) -> Check {
         Ok(Err(e)) => return Check::fail(NAME, format!("unreachable (NATS_URL): {e}")),
         Err(_) => return Check::fail(NAME, "no answer within 10 s (NATS_URL)"),
     };
-    if !client.server_info().jetstream {
+    let info = client.server_info();
+    if !info.jetstream {
         return Check::fail(
             NAME,
             "reachable, but JetStream is off: start nats-server with -js",
+        );
+    }
+    // Replicas a standalone server cannot hold: the processes would refuse to start.
+    let replicas = settings.stream_replicas;
+    if replicas > 1 && info.cluster.is_none() {
+        return Check::fail(
+            NAME,
+            format!(
+                "PAYSTREAM_STREAM_REPLICAS={replicas}, but {} is not part of a cluster: point \
+                 NATS_URL at a cluster of at least {replicas} nodes, or set \
+                 PAYSTREAM_STREAM_REPLICAS=1",
+                info.server_name
+            ),
         );
     }
     // Asked as raw JSON: the account's answer differs across server versions, and all this

@@ -32,6 +32,18 @@ pub struct UpArgs {
     /// JetStream consumer each, so they split the work; measure with `paystream bench`.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
     pub replicas: u64,
+    /// Run on a JetStream cluster of this many nodes (3 or 5) with that many replicas of
+    /// every stream. When nothing answers at NATS_URL, `up` starts the nodes itself under
+    /// `--data-dir`/nats-cluster, on NATS_URL's port and the ones after it.
+    #[arg(long, value_parser = parse_cluster_size)]
+    pub nats_cluster: Option<usize>,
+}
+
+fn parse_cluster_size(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(n @ (3 | 5)) => Ok(n),
+        _ => Err("a JetStream cluster here has 3 or 5 nodes".to_owned()),
+    }
 }
 
 /// The processes `up` runs, in start order. Names are binary names next to `paystream`.
@@ -216,10 +228,13 @@ async fn postgres_answers(url: &str) -> bool {
     paystream_shared::db::ensure_database(url).await.is_ok()
 }
 
-async fn nats_answers(url: &str) -> bool {
-    tokio::time::timeout(Duration::from_secs(3), async_nats::connect(url))
-        .await
-        .is_ok_and(|r| r.is_ok())
+async fn nats_answers(settings: &paystream_shared::nats_settings::NatsSettings) -> bool {
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        paystream_nats::connect_with(settings),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok())
 }
 
 fn host_port(url: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
@@ -352,7 +367,96 @@ async fn start_nats(sup: &mut Supervisor, data_dir: &Path, url: &str) -> anyhow:
         .spawn()
         .context("starting nats-server")?;
     sup.adopt("nats-server", child);
-    wait_until(Duration::from_secs(15), "NATS", || nats_answers(url)).await
+    let settings = paystream_shared::nats_settings::NatsSettings::plain(url)?;
+    wait_until(Duration::from_secs(15), "NATS", || nats_answers(&settings)).await
+}
+
+/// Starts `size` clustered nats-server nodes on loopback: client ports from NATS_URL's first
+/// port up, route ports 2000 above each, every node routing to all the others. Returns the
+/// seeds as a `NATS_URL` list.
+async fn start_nats_cluster(
+    sup: &mut Supervisor,
+    data_dir: &Path,
+    url: &str,
+    size: usize,
+) -> anyhow::Result<String> {
+    let first = url.split(',').next().unwrap_or(url);
+    let (host, port) = host_port(first, 4222)?;
+    if !is_local(&host) {
+        bail!(
+            "NATS does not answer at {url}; start your cluster or point NATS_URL at one that runs"
+        );
+    }
+    let Some(server) = find_on_path("nats-server", &[PathBuf::from("/usr/sbin")]) else {
+        bail!("NATS does not answer at {host}:{port} and no nats-server was found. Install it with `apt-get install nats-server`.");
+    };
+    let dir = std::fs::canonicalize(data_dir)?.join("nats-cluster");
+    std::fs::create_dir_all(&dir)?;
+    let ports = cluster_ports(port, size)?;
+    let routes: Vec<String> = ports
+        .iter()
+        .map(|(_, route)| format!("\"nats-route://127.0.0.1:{route}\""))
+        .collect();
+    println!(
+        "starting a local {size}-node nats-server cluster with JetStream on ports {}-{} (nothing answered at {url})",
+        ports[0].0,
+        ports[size - 1].0
+    );
+    let mut seeds = Vec::with_capacity(size);
+    for (i, (client, route)) in ports.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let conf = dir.join(format!("{name}.conf"));
+        std::fs::write(
+            &conf,
+            node_config(&name, *client, *route, &dir.join(&name), &routes),
+        )?;
+        let child = Command::new(&server)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting nats-server")?;
+        sup.adopt(&format!("nats-server {name}"), child);
+        seeds.push(format!("nats://127.0.0.1:{client}"));
+    }
+    let seeds = seeds.join(",");
+    let settings = paystream_shared::nats_settings::NatsSettings::plain(&seeds)?;
+    // Ready when JetStream answers: the nodes found each other and elected a meta leader.
+    wait_until(Duration::from_secs(60), "the NATS cluster", || async {
+        match paystream_nats::connect_with(&settings).await {
+            Ok((client, _)) => {
+                paystream_nats::health::account_info(&client, Duration::from_secs(2)).await
+            }
+            Err(_) => false,
+        }
+    })
+    .await?;
+    Ok(seeds)
+}
+
+/// (client, route) ports of each node.
+fn cluster_ports(first: u16, size: usize) -> anyhow::Result<Vec<(u16, u16)>> {
+    (0..size)
+        .map(|i| {
+            let client = u16::try_from(usize::from(first) + i).ok();
+            let route = client.and_then(|c| c.checked_add(2000));
+            client
+                .zip(route)
+                .context("the cluster's ports would pass 65535; point NATS_URL lower")
+        })
+        .collect()
+}
+
+fn node_config(name: &str, client: u16, route: u16, store: &Path, routes: &[String]) -> String {
+    format!(
+        "server_name: {name}\nlisten: \"127.0.0.1:{client}\"\n\
+         jetstream {{ store_dir: \"{}\" }}\n\
+         cluster {{ name: paystream, listen: \"127.0.0.1:{route}\", routes: [{}] }}\n",
+        store.display(),
+        routes.join(", ")
+    )
 }
 
 pub(crate) async fn wait_until<F, Fut>(
@@ -465,8 +569,15 @@ async fn start(
     if !postgres_answers(&db_url).await {
         start_postgres(sup, &args.data_dir, &db_url).await?;
     }
-    if !nats_answers(&config.nats_url).await {
-        start_nats(sup, &args.data_dir, &config.nats_url).await?;
+    let mut nats_url = config.nats_url.clone();
+    let stream_replicas = args.nats_cluster.unwrap_or(config.nats.stream_replicas);
+    if !nats_answers(&config.nats).await {
+        match args.nats_cluster {
+            Some(size) => {
+                nats_url = start_nats_cluster(sup, &args.data_dir, &config.nats_url, size).await?;
+            }
+            None => start_nats(sup, &args.data_dir, &config.nats_url).await?,
+        }
     }
     let pool = paystream_shared::db::connect(&db_url, 2).await?;
     paystream_shared::db::migrate(&pool).await?;
@@ -544,7 +655,8 @@ async fn start(
             }
             command.env("PAYSTREAM_VAULT_URL", &vault);
         }
-        let child = stack_env(&mut command, &db_url, &config.nats_url, environment, &api)
+        let child = stack_env(&mut command, &db_url, &nats_url, environment, &api)
+            .env("PAYSTREAM_STREAM_REPLICAS", stream_replicas.to_string())
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         sup.adopt(name, child);
@@ -667,5 +779,26 @@ mod tests {
         assert_eq!(nats_port("nats://127.0.0.1:14222"), 14222);
         assert_eq!(nats_port("nats://localhost"), 4222);
         assert_eq!(nats_port("nats://h:bad"), 4222);
+    }
+
+    #[test]
+    fn cluster_nodes_get_consecutive_ports_and_route_to_each_other() {
+        assert_eq!(
+            cluster_ports(4222, 3).unwrap(),
+            [(4222, 6222), (4223, 6223), (4224, 6224)]
+        );
+        assert!(cluster_ports(65_000, 3).is_err());
+        let routes = vec!["\"nats-route://127.0.0.1:6222\"".to_owned()];
+        let conf = node_config("n1", 4222, 6222, Path::new("/d/n1"), &routes);
+        assert!(conf.contains("server_name: n1"), "{conf}");
+        assert!(conf.contains("listen: \"127.0.0.1:4222\""), "{conf}");
+        assert!(conf.contains("store_dir: \"/d/n1\""), "{conf}");
+        assert!(
+            conf.contains("routes: [\"nats-route://127.0.0.1:6222\"]"),
+            "{conf}"
+        );
+        assert_eq!(parse_cluster_size("3"), Ok(3));
+        assert_eq!(parse_cluster_size("5"), Ok(5));
+        assert!(parse_cluster_size("2").is_err());
     }
 }

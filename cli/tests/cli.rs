@@ -939,3 +939,27 @@ async fn rotate_sealing_reseals_names_an_unknown_key_is_a_no_op_twice_and_doctor
         "{out}{err}"
     );
 }
+
+#[test]
+fn doctor_names_replicas_a_single_nats_server_cannot_hold_and_bad_nats_settings() {
+    let nats = paystream_tests::nats_url();
+    let (ok, out) = doctor(&[("NATS_URL", &nats), ("PAYSTREAM_STREAM_REPLICAS", "3")]);
+    assert!(!ok, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains(" nats "))
+        .unwrap_or_else(|| panic!("no nats line in {out}"));
+    assert!(line.starts_with("FAIL"), "{line}");
+    assert!(line.contains("not part of a cluster"), "{line}");
+    assert!(line.contains("PAYSTREAM_STREAM_REPLICAS=1"), "{line}");
+
+    // Two kinds of credentials at once: named before any connection is tried.
+    let (ok, out) = doctor(&[
+        ("NATS_URL", &nats),
+        ("PAYSTREAM_NATS_TOKEN", "t0k3n"),
+        ("PAYSTREAM_NATS_NKEY_SEED", "SUAEXAMPLE"),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("set only one of"), "{out}");
+    assert!(!out.contains("t0k3n"), "the token is never printed: {out}");
+}

@@ -55,6 +55,10 @@ pub const FETCH_EXPIRES: Duration = Duration::from_secs(2);
 pub const FETCH_GRACE: Duration = Duration::from_secs(1);
 /// How long an ack or a dead-letter publish may wait for the server's confirmation.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an ack or a dead-letter publish is tried before giving up on it, and the pause
+/// between tries: enough to span a JetStream leader election (a few seconds).
+const SETTLE_ATTEMPTS: u32 = 3;
+const SETTLE_PAUSE: Duration = Duration::from_millis(500);
 /// The redelivery delay after a handler panicked, or when a dead letter could not be filed.
 const FAILURE_RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -173,6 +177,10 @@ impl ConsumerSpec {
             ack_wait: self.ack_wait,
             max_deliver: self.max_deliver,
             max_ack_pending: self.max_ack_pending,
+            // As many copies as the stream, said explicitly: a consumer made before the stream
+            // was scaled up would otherwise keep its old count (a consumer inherits the
+            // stream's only when it is created), and lose its place with its one node.
+            num_replicas: topology.replicas(),
             ..Default::default()
         }
     }
@@ -487,20 +495,24 @@ async fn dead_letter<H: Handler>(
     reason: &str,
     object_id: Option<&str>,
 ) {
-    let filed = dlq::file(
-        &shared.js,
-        &shared.topology,
-        NewDeadLetter {
-            origin: shared.spec.stream,
-            origin_subject: &delivery.subject,
-            origin_sequence: delivery.stream_sequence,
-            deliveries: delivery.delivered,
-            last_error: reason,
-            object_id,
-            payload: msg.payload.clone(),
-        },
-    )
-    .await;
+    let letter = NewDeadLetter {
+        origin: shared.spec.stream,
+        origin_subject: &delivery.subject,
+        origin_sequence: delivery.stream_sequence,
+        deliveries: delivery.delivered,
+        last_error: reason,
+        object_id,
+        payload: msg.payload.clone(),
+    };
+    // Tried again across a leader election of DEAD_LETTERS: a repeat of a publish that did
+    // land is dropped by the duplicate window (the letter's Nats-Msg-Id is its origin).
+    let mut filed = dlq::file(&shared.js, &shared.topology, letter.clone()).await;
+    for attempt in 2..=SETTLE_ATTEMPTS {
+        let Err(e) = &filed else { break };
+        tracing::warn!(error = %e, attempt, "cannot file the dead letter yet; trying again");
+        tokio::time::sleep(SETTLE_PAUSE).await;
+        filed = dlq::file(&shared.js, &shared.topology, letter.clone()).await;
+    }
     match filed {
         Ok(id) => {
             tracing::warn!(dead_letter = id, reason, "message dead-lettered");
@@ -524,22 +536,28 @@ async fn dead_letter<H: Handler>(
 /// delivery that already timed out is confirmed too; the redelivery then finds the object
 /// already moved on (rule 2). The request goes through the client's shared reply inbox
 /// rather than a subscription per ack, which matters at a thousand messages a second.
+///
+/// An ack that is not confirmed is sent again (up to [`SETTLE_ATTEMPTS`] times): during a
+/// consumer leader election the first one finds no responder or times out, and the new
+/// leader takes the repeat. A second ack of a message is harmless; a lost one costs a
+/// redelivery after `ack_wait`, which the handler's idempotence absorbs.
 async fn ack_confirmed(client: &async_nats::Client, msg: &jetstream::Message) -> bool {
     let Some(reply) = msg.reply.clone() else {
         return false;
     };
-    let ack: Bytes = AckKind::Ack.into();
-    match tokio::time::timeout(CONFIRM_TIMEOUT, client.request(reply, ack)).await {
-        Ok(Ok(_)) => true,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "ack not confirmed; the message may be redelivered");
-            false
+    for attempt in 1..=SETTLE_ATTEMPTS {
+        let ack: Bytes = AckKind::Ack.into();
+        match tokio::time::timeout(CONFIRM_TIMEOUT, client.request(reply.clone(), ack)).await {
+            Ok(Ok(_)) => return true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, attempt, "ack not confirmed; sending it again");
+            }
+            Err(_) => tracing::warn!(attempt, "ack not confirmed in time; sending it again"),
         }
-        Err(_) => {
-            tracing::warn!("ack not confirmed in time; the message may be redelivered");
-            false
-        }
+        tokio::time::sleep(SETTLE_PAUSE).await;
     }
+    tracing::warn!("ack never confirmed; the message may be redelivered");
+    false
 }
 
 /// Fire-and-forget: if a nak is lost, ack_wait brings the message back anyway.

@@ -10,6 +10,7 @@
 
 pub mod consumer;
 pub mod dlq;
+pub mod health;
 pub mod max_deliveries;
 pub mod metrics;
 pub mod relay;
@@ -20,4 +21,4 @@ mod backoff;
 pub use async_trait::async_trait;
 pub use consumer::{ConsumerSpec, DeliveryInfo, Handler, Outcome};
 pub use metrics::WorkerMetrics;
-pub use topology::{connect, NatsError, Stream, Topology};
+pub use topology::{connect, connect_with, NatsError, Stream, Topology};

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use async_nats::{ConnectOptions, Event};
+use paystream_shared::nats_settings::{NatsAuth, NatsSettings};
 
 /// How long JetStream remembers a `Nats-Msg-Id` and drops a second publish with the same id.
 ///
@@ -15,6 +16,10 @@ use async_nats::{ConnectOptions, Event};
 /// second that is 600,000 ids per stream). A duplicate that arrives later still gets through,
 /// and idempotent consumers (ARCHITECTURE.md) make that harmless.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// How often [`Topology::ensure`] asks for one stream while JetStream is busy (an election, a
+/// stream moving to new peers) before giving up; with 5 s request timeouts, about a minute.
+const ENSURE_ATTEMPTS: u32 = 10;
 
 /// How long a dead letter is kept before JetStream discards it.
 pub const DEAD_LETTER_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 60 * 60);
@@ -38,6 +43,10 @@ pub enum NatsError {
         #[source]
         source: async_nats::jetstream::context::CreateStreamError,
     },
+    #[error("NATS settings: {0}")]
+    Settings(String),
+    #[error("{0}")]
+    Replicas(String),
     #[error("stream {0} does not exist (was Topology::ensure run?)")]
     StreamMissing(String),
     #[error("cannot create consumer {consumer} on {stream}: {source}")]
@@ -149,6 +158,8 @@ impl Stream {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     prefix: String,
+    /// Replicas of every stream and durable consumer (`PAYSTREAM_STREAM_REPLICAS`).
+    replicas: usize,
 }
 
 impl Topology {
@@ -157,11 +168,29 @@ impl Topology {
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
+            replicas: 1,
         }
+    }
+
+    /// The same names, with `replicas` copies of every stream and durable consumer. On a
+    /// cluster, 3 survives losing any one node; 1 is all a single server can hold.
+    #[must_use]
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
+    }
+
+    /// What the process configuration asks for: its prefix and `PAYSTREAM_STREAM_REPLICAS`.
+    pub fn from_config(config: &paystream_shared::config::Config) -> Self {
+        Self::new(&config.stream_prefix).with_replicas(config.nats.stream_replicas)
     }
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     pub fn stream_name(&self, stream: Stream) -> String {
@@ -203,7 +232,7 @@ impl Topology {
             discard: stream::DiscardPolicy::Old,
             max_age: stream.max_age(),
             duplicate_window: DUPLICATE_WINDOW,
-            num_replicas: 1,
+            num_replicas: self.replicas,
             description: Some(format!("paystream {}", stream.logical_subjects())),
             ..Default::default()
         }
@@ -213,17 +242,95 @@ impl Topology {
     /// from every process at every start-up, concurrently: an unchanged stream is left alone.
     /// A change JetStream refuses (for example the retention policy of an existing stream) is
     /// an error, not something to paper over.
+    ///
+    /// The replica count is part of the configuration: a stream made with another count is
+    /// updated to it, which a 2.9 cluster does in place (it adds or removes peers and copies
+    /// the messages). Where that cannot work (more replicas than JetStream nodes, or a server
+    /// that is not clustered) the error says what to do.
     pub async fn ensure(&self, js: &jetstream::Context) -> Result<(), NatsError> {
         for stream in Stream::ALL {
             let config = self.stream_config(stream);
-            js.create_or_update_stream(config)
-                .await
-                .map_err(|source| NatsError::Stream {
-                    stream: self.stream_name(stream),
-                    source,
-                })?;
+            let name = self.stream_name(stream);
+            let info = self.ensure_stream(js, config, &name).await?;
+            // A standalone server accepts replicas > 1 and quietly keeps one copy; a stream
+            // that claims redundancy it does not have is worse than a refusal.
+            let has = info.config.num_replicas.max(1);
+            if has != self.replicas {
+                return Err(NatsError::Replicas(self.replicas_advice(&name, has)));
+            }
         }
         Ok(())
+    }
+
+    /// One stream's create-or-update, asked again while the cluster is busy: right after a
+    /// node restarts, or while a stream moves to new peers, JetStream may time out or answer
+    /// 503 for a few seconds, and the update is safe to repeat.
+    async fn ensure_stream(
+        &self,
+        js: &jetstream::Context,
+        config: stream::Config,
+        name: &str,
+    ) -> Result<stream::Info, NatsError> {
+        use async_nats::jetstream::context::CreateStreamErrorKind;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match js.create_or_update_stream(config.clone()).await {
+                Ok(info) => return Ok(info),
+                Err(e) if attempt < ENSURE_ATTEMPTS => {
+                    let transient = match e.kind() {
+                        CreateStreamErrorKind::TimedOut => true,
+                        CreateStreamErrorKind::JetStream(js_err) => js_err.code() == 503,
+                        _ => false,
+                    };
+                    if !transient {
+                        return Err(self.stream_error(name, e));
+                    }
+                    tracing::warn!(stream = name, error = %e, "JetStream busy; asking again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(self.stream_error(name, e)),
+            }
+        }
+    }
+
+    fn stream_error(
+        &self,
+        name: &str,
+        source: async_nats::jetstream::context::CreateStreamError,
+    ) -> NatsError {
+        use async_nats::jetstream::context::CreateStreamErrorKind;
+        if let CreateStreamErrorKind::JetStream(e) = source.kind() {
+            // 10074: replicas > 1 on a server that is not clustered; 10023: not enough
+            // JetStream nodes (or resources on them) to place that many replicas.
+            let code = e.error_code().0;
+            if self.replicas > 1 && (code == 10074 || code == 10023) {
+                return NatsError::Replicas(format!(
+                    "{} (NATS said: {e})",
+                    self.replicas_advice(name, 0)
+                ));
+            }
+        }
+        NatsError::Stream {
+            stream: name.to_owned(),
+            source,
+        }
+    }
+
+    fn replicas_advice(&self, name: &str, has: usize) -> String {
+        let now = if has == 0 {
+            String::new()
+        } else {
+            format!(" (it has {has})")
+        };
+        format!(
+            "stream {name} cannot get the {wanted} replicas PAYSTREAM_STREAM_REPLICAS={wanted} \
+             asks for{now}: the NATS at NATS_URL has fewer than {wanted} JetStream nodes or is \
+             not a cluster. Point NATS_URL at a cluster of at least {wanted} nodes \
+             (`paystream up --nats-cluster 3` starts one locally), or set \
+             PAYSTREAM_STREAM_REPLICAS to the cluster's size (1 for a single server)",
+            wanted = self.replicas
+        )
     }
 
     /// Deletes every stream of this topology (tests and `paystream` tear-down); missing ones
@@ -246,14 +353,38 @@ impl Topology {
     }
 }
 
-/// Connects with the reconnect behaviour every paystream process wants: keep reconnecting
-/// forever (a worker that gives up on NATS is a silent outage), with a capped backoff so a
-/// restarted server is found again within a couple of seconds, and log connection changes.
-///
-/// The first connection is not retried: a process that cannot reach NATS at start-up says so
-/// and exits, and `paystream up` (or the orchestrator) decides what to do.
+/// Connects to one server (or a comma-separated list) with no credentials: tests and tools
+/// that talk to a local NATS. Processes use [`connect_with`] and their configuration.
 pub async fn connect(url: &str) -> Result<(async_nats::Client, jetstream::Context), NatsError> {
-    let client = ConnectOptions::new()
+    let settings = NatsSettings::plain(url).map_err(|e| NatsError::Settings(e.to_string()))?;
+    connect_with(&settings).await
+}
+
+/// Connects with the reconnect behaviour every paystream process wants: keep reconnecting
+/// forever (a worker that gives up on NATS is a silent outage), to any of the seeds or the
+/// cluster members the server announced, with a capped backoff so a restarted node is found
+/// again within a couple of seconds, and log connection changes.
+///
+/// The first connection is not retried: a process that cannot reach any seed at start-up
+/// says so and exits, and `paystream up` (or the orchestrator) decides what to do.
+pub async fn connect_with(
+    settings: &NatsSettings,
+) -> Result<(async_nats::Client, jetstream::Context), NatsError> {
+    let url = settings.url_list();
+    let connect_error = |source| NatsError::Connect {
+        url: url.clone(),
+        source,
+    };
+    let mut servers = Vec::with_capacity(settings.servers.len());
+    for entry in &settings.servers {
+        let addr = entry.parse::<async_nats::ServerAddr>().map_err(|e| {
+            NatsError::Settings(format!(
+                "NATS_URL entry {entry:?} is not a server address: {e}"
+            ))
+        })?;
+        servers.push(addr);
+    }
+    let mut options = ConnectOptions::new()
         .name("paystream")
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
@@ -264,13 +395,29 @@ pub async fn connect(url: &str) -> Result<(async_nats::Client, jetstream::Contex
                 Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
                 other => tracing::debug!(event = %other, "NATS client event"),
             }
-        })
-        .connect(url)
-        .await
-        .map_err(|source| NatsError::Connect {
-            url: url.to_owned(),
-            source,
-        })?;
+        });
+    options = match &settings.auth {
+        NatsAuth::None => options,
+        NatsAuth::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), password.expose().clone())
+        }
+        NatsAuth::Token(token) => options.token(token.expose().clone()),
+        NatsAuth::NkeySeed(seed) => options.nkey(seed.expose().clone()),
+        NatsAuth::CredsFile(path) => options
+            .credentials_file(path)
+            .await
+            .map_err(|e| NatsError::Settings(format!("cannot read {}: {e}", path.display())))?,
+    };
+    if let Some(ca) = &settings.tls.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &settings.tls.client_cert {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if settings.tls.required() {
+        options = options.require_tls(true);
+    }
+    let client = options.connect(servers).await.map_err(connect_error)?;
     let js = jetstream::new(client.clone());
     Ok((client, js))
 }

@@ -43,7 +43,11 @@ pub struct Config {
     /// Development or production (`PAYSTREAM_ENV`); decides whether secrets have defaults.
     pub environment: Environment,
     pub database_url: Secret<String>,
+    /// `NATS_URL` as given: one server or a comma-separated list of seeds. Child processes
+    /// are handed it unchanged; [`Config::nats`] is its parsed form.
     pub nats_url: String,
+    /// The seeds, credentials, TLS and stream replicas (`crate::nats_settings`).
+    pub nats: crate::nats_settings::NatsSettings,
     pub api_addr: SocketAddr,
     pub vault_addr: SocketAddr,
     /// Where paystream's processes call the vault (`PAYSTREAM_VAULT_URL`; default `http://`
@@ -198,6 +202,7 @@ impl Config {
             });
         }
         let nats_url = get("NATS_URL", DEFAULT_NATS_URL);
+        let nats = crate::nats_settings::NatsSettings::from_lookup(&lookup, DEFAULT_NATS_URL)?;
         let vault_addr = addr("PAYSTREAM_VAULT_ADDR", "127.0.0.1:8081")?;
         let vault_url = get("PAYSTREAM_VAULT_URL", &format!("http://{vault_addr}"));
         if !vault_url.starts_with("http://") && !vault_url.starts_with("https://") {
@@ -381,6 +386,7 @@ impl Config {
             environment,
             database_url: Secret::new(database_url),
             nats_url,
+            nats,
             api_addr: addr("PAYSTREAM_API_ADDR", "127.0.0.1:8080")?,
             vault_addr,
             vault_url: vault_url.trim_end_matches('/').to_owned(),

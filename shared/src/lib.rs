@@ -16,6 +16,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod ledger;
+pub mod nats_settings;
 pub mod outbox;
 pub mod retry;
 pub mod roles;

@@ -16,6 +16,7 @@ use paystream_api::AppState;
 use paystream_shared::config::Config;
 use paystream_shared::store::merchants::{self, Role};
 
+pub mod cluster;
 pub mod provider;
 pub mod webhooks;
 
@@ -109,7 +110,9 @@ pub async fn spawn_app_on(nats: &str) -> TestApp {
     spawn_app_configured(nats, |_| {}).await
 }
 
-async fn spawn_app_configured(nats: &str, configure: impl FnOnce(&mut Config)) -> TestApp {
+/// Like [`spawn_app_on`], with the configuration changed by `configure` first (the cluster
+/// tests set three stream replicas).
+pub async fn spawn_app_configured(nats: &str, configure: impl FnOnce(&mut Config)) -> TestApp {
     let db = TestDb::new().await;
     let prefix = format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let shutdown = CancellationToken::new();
@@ -142,7 +145,7 @@ async fn spawn_app_configured(nats: &str, configure: impl FnOnce(&mut Config)) -
     let (client, js) = paystream_nats::topology::connect(nats)
         .await
         .expect("NATS is running");
-    let topology = paystream_nats::topology::Topology::new(&prefix);
+    let topology = paystream_nats::topology::Topology::from_config(&config);
     topology.ensure(&js).await.expect("streams");
 
     let mut conn = db.pool.acquire().await.expect("connection");
@@ -423,6 +426,10 @@ impl TestApp {
         std::process::Command::new(binary(name))
             .env("DATABASE_URL", &self.db.url)
             .env("NATS_URL", &self.config.nats_url)
+            .env(
+                "PAYSTREAM_STREAM_REPLICAS",
+                self.config.nats.stream_replicas.to_string(),
+            )
             .env("PAYSTREAM_STREAM_PREFIX", &self.prefix)
             .env("PAYSTREAM_ENV", "development")
             .env("PAYSTREAM_ACQUIRER_URL", &self.sim_url)
@@ -595,10 +602,11 @@ impl Drop for TestApp {
                 return;
             };
             rt.block_on(async move {
-                if let Ok(Ok(client)) =
-                    tokio::time::timeout(Duration::from_secs(2), async_nats::connect(url)).await
+                // The URL may be a cluster's list of seeds.
+                if let Ok(Ok((_client, js))) =
+                    tokio::time::timeout(Duration::from_secs(2), paystream_nats::connect(&url))
+                        .await
                 {
-                    let js = async_nats::jetstream::new(client);
                     let _ = tokio::time::timeout(Duration::from_secs(5), topology.delete_all(&js))
                         .await;
                 }

@@ -239,6 +239,10 @@ impl TestApp {
         std::process::Command::new(crate::binary("webhook-worker"))
             .env("DATABASE_URL", &self.db.url)
             .env("NATS_URL", &self.config.nats_url)
+            .env(
+                "PAYSTREAM_STREAM_REPLICAS",
+                self.config.nats.stream_replicas.to_string(),
+            )
             .env("PAYSTREAM_STREAM_PREFIX", &self.prefix)
             .env("PAYSTREAM_ENV", "development")
             .env("PAYSTREAM_RETRY_BASE_MS", "10")

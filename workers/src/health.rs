@@ -70,10 +70,11 @@ impl Health {
             .await,
             Ok(Ok(_))
         );
-        let nats = self
-            .nats
-            .as_ref()
-            .map(|c| c.connection_state() == async_nats::connection::State::Connected);
+        // JetStream answering, not just a connection (paystream_nats::health).
+        let nats = match &self.nats {
+            Some(client) => Some(paystream_nats::health::jetstream_ready(client).await),
+            None => None,
+        };
         let healthy = database && nats.unwrap_or(true);
         let word = |up: bool| if up { "ok" } else { "unavailable" };
         let mut body = json!({
@@ -178,7 +179,11 @@ pub async fn start(
     };
     let listener = TcpListener::bind(addr).map_err(|source| HealthError::Bind { addr, source })?;
     let nats = if uses_nats {
-        Some(paystream_nats::topology::connect(&config.nats_url).await?.0)
+        Some(
+            paystream_nats::topology::connect_with(&config.nats)
+                .await?
+                .0,
+        )
     } else {
         None
     };

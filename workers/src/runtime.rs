@@ -218,8 +218,8 @@ impl WorkerProcess {
         let mut parts: Vec<BoxFuture<'static, Result<(), WorkerError>>> = Vec::new();
         let mut client = None;
         if uses_nats {
-            let (nats, js) = topology::connect(&config.nats_url).await?;
-            let topology = Topology::new(&config.stream_prefix);
+            let (nats, js) = topology::connect_with(&config.nats).await?;
+            let topology = Topology::from_config(&config);
             topology.ensure(&js).await?;
             // The steps' outbox rows (events, follow-up commands) go out through this
             // process's own relay, woken after every handled message, instead of waiting for

@@ -18,10 +18,12 @@ pub async fn readyz(state: Data<&AppState>) -> Response {
         .fetch_one(&state.pool)
         .await
         .is_ok();
-    let nats_ok = state
-        .nats
-        .as_ref()
-        .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected);
+    // Connected is not enough: a node of a cluster without JetStream quorum accepts the
+    // connection but cannot store a command (paystream_nats::health).
+    let nats_ok = match &state.nats {
+        Some(client) => paystream_nats::health::jetstream_ready(client).await,
+        None => false,
+    };
     let status = if db_ok && nats_ok {
         StatusCode::OK
     } else {
