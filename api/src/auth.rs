@@ -11,9 +11,10 @@ use poem_openapi::SecurityScheme;
 use paystream_shared::audit::Actor;
 use paystream_shared::audit::{self, NewEntry};
 use paystream_shared::roles::{self, Access};
-use paystream_shared::store::merchants::{self, KeyOwner, Role};
+use paystream_shared::store::merchants::{KeyOwner, Role};
 
 use crate::error::ApiError;
+use crate::key_cache::KeyCache;
 use crate::rate_limit::RateLimiter;
 use crate::{idempotency, AppState};
 
@@ -93,6 +94,7 @@ pub async fn guard<E: Endpoint>(
     ep: E,
     mut req: Request,
     limiter: Arc<RateLimiter>,
+    keys: Arc<KeyCache>,
 ) -> poem::Result<Response> {
     let state = req
         .data::<AppState>()
@@ -104,7 +106,8 @@ pub async fn guard<E: Endpoint>(
         )
         .into());
     };
-    let owner = merchants::authenticate(&state.pool, &secret)
+    let owner = keys
+        .authenticate(&state.pool, &secret)
         .await
         .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::unauthorized("Invalid API key provided."))?;

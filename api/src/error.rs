@@ -121,6 +121,16 @@ impl ApiError {
     /// The request's Idempotency-Key lock was taken over by a retry while it ran (it took
     /// longer than the lock's TTL): it was rolled back and did nothing. The retry's answer is
     /// the one that counts; sending the request again replays it.
+    /// A retry that waited the lock's TTL for a request still running under its key.
+    pub fn idempotency_busy() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "idempotency_error",
+            "idempotency_key_in_use",
+            "Another request with this Idempotency-Key is still running, so this one changed nothing. Send the request again later to get that request's answer.",
+        )
+    }
+
     pub fn idempotency_in_use() -> Self {
         Self::new(
             StatusCode::CONFLICT,

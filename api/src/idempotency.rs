@@ -16,6 +16,13 @@
 //!   request that holds the lock commits.
 //! - Whatever the handler did, a key whose answer was not stored and committed is released
 //!   at once: after an error, a failed commit, or a panic (answered as the opaque 500).
+//! - The payment intents' own POSTs (create, confirm, capture, cancel: the hot path) take the
+//!   key inside the handler's transaction instead ([`begin`]): the claim, the work and the
+//!   answer commit together, one commit fewer per request. The uncommitted row is the lock: a
+//!   concurrent duplicate waits on it and then replays the answer, a holder that dies or fails
+//!   rolls it back (so there is nothing to release and no lock to lose), and a retry waits at
+//!   most the lock's TTL for a holder stalled inside its transaction, then gets 409
+//!   `idempotency_key_in_use` and runs nothing.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,10 +33,13 @@ use futures::FutureExt;
 use poem::http::{Method, StatusCode};
 use poem::{Body, Endpoint, IntoResponse, Request, Response};
 use sha2::{Digest, Sha256};
-use sqlx::PgConnection;
+use std::sync::atomic::AtomicU8;
+use std::sync::Mutex;
+
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use paystream_shared::store::idempotency_keys::{self as store, Existing};
+use paystream_shared::store::idempotency_keys::{self as store, sealing_context, Existing};
 use paystream_shared::webhooks::secret_box::SecretBox;
 
 use crate::error::{panic_response, to_contract_response, ApiError};
@@ -41,13 +51,32 @@ pub const REPLAYED_HEADER: &str = "Idempotent-Replayed";
 /// How long a finished key is kept; older rows are treated as unused and purged.
 pub const RETENTION_HOURS: i32 = store::RETENTION_HOURS;
 
+/// The key is not claimed yet: the handler claims it in its transaction ([`begin`]).
+const DEFERRED: u8 = 0;
+/// Claimed inside the handler's (uncommitted) transaction.
+const IN_TX: u8 = 1;
+/// Claimed and committed before the handler ran, with a TTL and the fencing token.
+const HELD: u8 = 2;
+
+/// A status and body stored under a key.
+type StoredAnswer = (StatusCode, Vec<u8>);
+
 /// Put in the request's extensions while a keyed request runs.
 #[derive(Clone)]
 pub struct Scope {
     merchant_id: String,
     key: String,
+    method: String,
+    path: String,
+    fingerprint: Vec<u8>,
+    state: AppState,
     /// The fencing token this request holds the lock with.
     token: Uuid,
+    /// [`DEFERRED`], [`IN_TX`] or [`HELD`].
+    mode: Arc<AtomicU8>,
+    /// An answer found under the key when [`begin`] tried to claim it: the layer sends it
+    /// instead of whatever the handler made of the error [`begin`] returned.
+    replay: Arc<Mutex<Option<StoredAnswer>>>,
     /// Set once the handler stored its answer in its transaction. It says nothing about
     /// whether that transaction committed: a key is released after any answer that is not a
     /// success, and the release finds a committed answer and leaves it alone.
@@ -114,7 +143,88 @@ async fn store_in(
     Ok(())
 }
 
-use paystream_shared::store::idempotency_keys::sealing_context;
+
+/// The handler's transaction. On a route whose key is claimed in the handler, the claim is the
+/// transaction's first statement, so it commits with the work and the answer; everywhere else
+/// this is `pool.begin()`. When the key is taken, this decides as the layer does: an error to
+/// return as it is (422 for another request under the key, 409 if the holder outlasts the
+/// lock's TTL), or an answer to replay, which the layer sends in place of the error.
+pub async fn begin(
+    req: &Request,
+    pool: &PgPool,
+) -> Result<Transaction<'static, Postgres>, ApiError> {
+    let Some(scope) = req.extensions().get::<Scope>() else {
+        return Ok(pool.begin().await?);
+    };
+    if scope.mode.load(Ordering::SeqCst) != DEFERRED {
+        return Ok(pool.begin().await?);
+    }
+    let ttl = scope.state.config.idempotency_lock_ttl;
+    // The wait on a holder's uncommitted row is bounded by the lock's TTL, as the wait on a
+    // committed lock is; set in the BEGIN's own round trip, and lifted by the claim once it
+    // holds the key, so the handler's own statements wait as they always did.
+    let mut tx = pool
+        .begin_with(format!(
+            "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+            ttl.as_millis().max(1)
+        ))
+        .await?;
+    match store::claim_in_transaction(&mut tx, &scope.request(), ttl, scope.token).await {
+        Ok(true) => {
+            scope.mode.store(IN_TX, Ordering::SeqCst);
+            return Ok(tx);
+        }
+        Ok(false) => {}
+        Err(e) if is_lock_timeout(&e) => return Err(ApiError::idempotency_busy()),
+        Err(e) => return Err(e.into()),
+    }
+    tx.rollback().await?;
+    // Answered already, or locked by a request that claimed it before running.
+    match wait_for_key(&scope.state, &scope.request(), scope.token).await? {
+        Begin::Run => {
+            scope.mode.store(HELD, Ordering::SeqCst);
+            Ok(pool.begin().await?)
+        }
+        Begin::Replay { status, body } => {
+            *scope.replay.lock().unwrap_or_else(|p| p.into_inner()) = Some((status, body));
+            // Never sent: the layer answers the replay instead.
+            Err(ApiError::idempotency_busy())
+        }
+    }
+}
+
+/// PostgreSQL's `lock_not_available`: the `lock_timeout` ran out.
+fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "55P03")
+}
+
+impl Scope {
+    fn request(&self) -> store::Request<'_> {
+        store::Request {
+            merchant_id: &self.merchant_id,
+            key: &self.key,
+            method: &self.method,
+            path: &self.path,
+            fingerprint: &self.fingerprint,
+        }
+    }
+}
+
+/// Whether the route's handler claims its key itself, with [`begin`]: the payment intents'
+/// create, confirm, capture and cancel, whose handlers take their transaction from [`begin`]
+/// before anything but reads. Every other route is claimed by the layer before it runs.
+fn claims_in_handler(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/api/payment-intents") else {
+        return false;
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    matches!(parts.as_slice(), ["", id, "confirm" | "capture" | "cancel"] if !id.is_empty())
+}
 
 fn validate_key(raw: &str) -> Result<String, ApiError> {
     if raw.is_empty() || raw.len() > 255 || !raw.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
@@ -144,7 +254,7 @@ pub fn fingerprint(method: &Method, path: &str, body: &[u8]) -> Vec<u8> {
 }
 
 enum Begin {
-    Run(Uuid),
+    Run,
     Replay { status: StatusCode, body: Vec<u8> },
 }
 
@@ -174,13 +284,18 @@ fn replay_of(state: &AppState, merchant_id: &str, key: &str, existing: Existing)
     Some(Begin::Replay { status, body })
 }
 
-async fn begin(state: &AppState, req: &store::Request<'_>) -> Result<Begin, ApiError> {
+/// Claims the key for `token` (committed, with the TTL), waiting out a live holder, or finds
+/// the answer to replay.
+async fn wait_for_key(
+    state: &AppState,
+    req: &store::Request<'_>,
+    token: Uuid,
+) -> Result<Begin, ApiError> {
     let ttl = state.config.idempotency_lock_ttl;
     let mut wait = Duration::from_millis(5);
     loop {
-        let token = Uuid::new_v4();
         if store::claim(&state.pool, req, ttl, token).await? {
-            return Ok(Begin::Run(token));
+            return Ok(Begin::Run);
         }
         let Some(existing) = store::find(&state.pool, req.merchant_id, req.key).await? else {
             continue; // released between our two statements: try to claim it again
@@ -202,7 +317,7 @@ async fn begin(state: &AppState, req: &store::Request<'_>) -> Result<Begin, ApiE
                 merchant_id = req.merchant_id,
                 "idempotency key lock expired; taking over from a dead or stalled holder"
             );
-            return Ok(Begin::Run(token));
+            return Ok(Begin::Run);
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_millis(100));
@@ -270,78 +385,111 @@ pub async fn around<E: Endpoint>(
         fingerprint: &fp,
     };
 
-    match begin(state, &request).await? {
-        Begin::Replay { status, body } => {
-            // Successes replay as 200, as the contract says; a stored rejection keeps its status
-            // so a client cannot mistake it for success.
-            let status = if status.is_success() {
-                StatusCode::OK
-            } else {
-                status
-            };
-            Ok(Response::builder()
-                .status(status)
-                .content_type("application/json")
-                .header(REPLAYED_HEADER, "true")
-                .body(body))
-        }
-        Begin::Run(token) => {
-            let stored = Arc::new(AtomicBool::new(false));
-            req.extensions_mut().insert(Scope {
-                merchant_id: merchant_id.to_owned(),
-                key: key.clone(),
-                token,
-                stored: stored.clone(),
-            });
-            req.set_body(Body::from(body));
-            // A panic must not leave the key locked until its TTL: catch it here, where the
-            // key is known. The handler's transaction was dropped while unwinding, so nothing
-            // it did commits; the client gets the opaque 500, and a retry runs at once.
-            let mut resp = match AssertUnwindSafe(ep.call(req)).catch_unwind().await {
-                Ok(Ok(r)) => r.into_response(),
-                Ok(Err(e)) => to_contract_response(e),
-                Err(panic) => {
-                    let resp = panic_response(panic.as_ref());
-                    release(state, merchant_id, &key, token).await;
-                    return Ok(resp);
-                }
-            };
-            let status = resp.status();
-            let stored = stored.load(Ordering::SeqCst);
-            if stored && status.is_success() {
-                return Ok(resp);
-            }
-            if !stored && cacheable(status) {
-                let bytes = resp.take_body().into_vec().await.unwrap_or_default();
-                let mut conn = state.pool.acquire().await.map_err(ApiError::from)?;
-                let held = store::store_response(
-                    &mut conn,
-                    merchant_id,
-                    &key,
-                    token,
-                    status.as_u16(),
-                    &bytes,
-                    None,
-                )
-                .await
-                .map_err(ApiError::from)?;
-                if !held {
-                    // A retry holds the key now; its answer is the one to keep.
-                    tracing::warn!(
-                        merchant_id,
-                        "idempotency key lock lost before a rejection was stored"
-                    );
-                }
-                resp.set_body(bytes);
-            } else {
-                // An error after the answer was stored means the transaction did not commit
-                // (a failed commit, say): the row still shows no answer, and the release
-                // frees it. A committed answer is left alone by the release.
-                release(state, merchant_id, &key, token).await;
-            }
-            Ok(resp)
+    let token = Uuid::new_v4();
+    let deferred = claims_in_handler(&path);
+    if !deferred {
+        if let Begin::Replay { status, body } = wait_for_key(state, &request, token).await? {
+            return Ok(replay_response(status, body));
         }
     }
+    let stored = Arc::new(AtomicBool::new(false));
+    let scope = Scope {
+        merchant_id: merchant_id.to_owned(),
+        key: key.clone(),
+        method: method.as_str().to_owned(),
+        path: path.clone(),
+        fingerprint: fp.clone(),
+        state: state.clone(),
+        token,
+        mode: Arc::new(AtomicU8::new(if deferred { DEFERRED } else { HELD })),
+        replay: Arc::default(),
+        stored: stored.clone(),
+    };
+    req.extensions_mut().insert(scope.clone());
+    req.set_body(Body::from(body));
+    // A panic must not leave the key locked until its TTL: catch it here, where the key is
+    // known. The handler's transaction was dropped while unwinding, so nothing it did
+    // commits (a claim in it included); the client gets the opaque 500, and a retry runs at
+    // once.
+    let result = AssertUnwindSafe(ep.call(req)).catch_unwind().await;
+    let mode = scope.mode.load(Ordering::SeqCst);
+    let mut resp = match result {
+        Ok(Ok(r)) => r.into_response(),
+        Ok(Err(e)) => to_contract_response(e),
+        Err(panic) => {
+            let resp = panic_response(panic.as_ref());
+            if mode == HELD {
+                release(state, merchant_id, &key, token).await;
+            }
+            return Ok(resp);
+        }
+    };
+    if let Some((status, body)) = scope
+        .replay
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        return Ok(replay_response(status, body));
+    }
+    let status = resp.status();
+    let stored = stored.load(Ordering::SeqCst);
+    if stored && status.is_success() {
+        return Ok(resp);
+    }
+    if !stored && cacheable(status) {
+        if mode != HELD {
+            // The handler answered without holding the key (a rejection before its
+            // transaction, or one inside it, which rolled the claim back): claim it now to
+            // store the rejection, unless another request answered under the key meanwhile.
+            if let Begin::Replay { status, body } = wait_for_key(state, &request, token).await? {
+                return Ok(replay_response(status, body));
+            }
+        }
+        let bytes = resp.take_body().into_vec().await.unwrap_or_default();
+        let mut conn = state.pool.acquire().await.map_err(ApiError::from)?;
+        let held = store::store_response(
+            &mut conn,
+            merchant_id,
+            &key,
+            token,
+            status.as_u16(),
+            &bytes,
+            None,
+        )
+        .await
+        .map_err(ApiError::from)?;
+        if !held {
+            // A retry holds the key now; its answer is the one to keep.
+            tracing::warn!(
+                merchant_id,
+                "idempotency key lock lost before a rejection was stored"
+            );
+        }
+        resp.set_body(bytes);
+    } else if mode == HELD {
+        // An error after the answer was stored means the transaction did not commit
+        // (a failed commit, say): the row still shows no answer, and the release
+        // frees it. A committed answer is left alone by the release. A claim made in the
+        // handler's transaction went with its rollback: nothing to release.
+        release(state, merchant_id, &key, token).await;
+    }
+    Ok(resp)
+}
+
+/// A stored answer sent again. Successes replay as 200, as the contract says; a stored
+/// rejection keeps its status so a client cannot mistake it for success.
+fn replay_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let status = if status.is_success() {
+        StatusCode::OK
+    } else {
+        status
+    };
+    Response::builder()
+        .status(status)
+        .content_type("application/json")
+        .header(REPLAYED_HEADER, "true")
+        .body(body)
 }
 
 #[cfg(test)]
@@ -382,6 +530,19 @@ mod tests {
         assert!(validate_key(&"k".repeat(256)).is_err());
         assert!(validate_key("tab\there").is_err());
         assert!(validate_key(&"k".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn which_routes_claim_in_the_handler() {
+        assert!(claims_in_handler("/api/payment-intents"));
+        assert!(claims_in_handler("/api/payment-intents/pi_1/confirm"));
+        assert!(claims_in_handler("/api/payment-intents/pi_1/capture"));
+        assert!(claims_in_handler("/api/payment-intents/pi_1/cancel"));
+        assert!(!claims_in_handler("/api/payment-intents/pi_1/refund"));
+        assert!(!claims_in_handler("/api/payment-intents//confirm"));
+        assert!(!claims_in_handler("/api/payment-intents/pi_1/confirm/x"));
+        assert!(!claims_in_handler("/api/payment-intentsx"));
+        assert!(!claims_in_handler("/api/refunds"));
     }
 
     #[test]

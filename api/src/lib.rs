@@ -7,6 +7,7 @@ pub mod card_guard;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod key_cache;
 pub mod metrics;
 pub mod rate_limit;
 pub mod request_id;
@@ -83,6 +84,8 @@ pub fn app(state: AppState) -> impl Endpoint {
     let limiter = Arc::new(rate_limit::RateLimiter::new(
         state.config.rate_limit_per_sec,
     ));
+    // Likewise one key cache: a revoked key is refused within its second (`key_cache`).
+    let keys = Arc::new(key_cache::KeyCache::default());
     let api = openapi_service();
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
@@ -117,7 +120,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         )
         .nest(
             "/api",
-            api.around(move |ep, req| auth::guard(ep, req, limiter.clone())),
+            api.around(move |ep, req| auth::guard(ep, req, limiter.clone(), keys.clone())),
         )
         .at("/openapi.json", spec)
         .nest("/docs", docs)

@@ -448,7 +448,7 @@ impl PaymentIntentsApi {
             created_at: now,
             updated_at: now,
         };
-        let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
+        let mut tx = idempotency::begin(req, &state.pool).await?;
         store::insert(&mut tx, &intent, &auth.actor())
             .await
             .map_err(ApiError::from)?;
@@ -541,7 +541,7 @@ impl PaymentIntentsApi {
         let return_url = parse_return_url(b.return_url)?;
         let requested_pm = parse_payment_method(b.payment_method_id)?;
 
-        let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
+        let mut tx = idempotency::begin(req, &state.pool).await?;
         let intent = lock(&mut tx, &auth, &id.0).await?;
         if let Some(c) = currency {
             if c != intent.currency {
@@ -593,7 +593,7 @@ impl PaymentIntentsApi {
         body: JsonBody<CapturePaymentIntent>,
     ) -> Result<AcceptedResponse, Errors<ON_INTENT>> {
         let auth = auth.0;
-        let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
+        let mut tx = idempotency::begin(req, &state.pool).await?;
         let intent = lock(&mut tx, &auth, &id.0).await?;
         intent.status.capturable()?;
         // The authorization is held until it expires, not until the scheduler's next round
@@ -671,7 +671,7 @@ impl PaymentIntentsApi {
         let auth = auth.0;
         // The enum is the list of reasons a merchant may give; `expired` is the scheduler's.
         let reason = body.0.cancellation_reason.map(|r| r.as_str().to_owned());
-        let mut tx = state.pool.begin().await.map_err(ApiError::from)?;
+        let mut tx = idempotency::begin(req, &state.pool).await?;
         let intent = lock(&mut tx, &auth, &id.0).await?;
         // The void is queued in the same statement as the transition, so only the cancel
         // that wins sends it.

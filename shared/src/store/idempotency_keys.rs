@@ -43,6 +43,39 @@ fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
+const CLAIM: &str =
+    "INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, fingerprint,
+                                   locked_until, lock_token)
+     VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6::double precision / 1000), $7)
+     ON CONFLICT (merchant_id, key) DO UPDATE SET
+        request_method = EXCLUDED.request_method, request_path = EXCLUDED.request_path,
+        fingerprint = EXCLUDED.fingerprint, locked_until = EXCLUDED.locked_until,
+        lock_token = EXCLUDED.lock_token,
+        response_status = NULL, response_body = NULL, response_sealed = NULL,
+        created_at = now()
+     WHERE idempotency_keys.created_at < now() - make_interval(hours => $8)";
+
+async fn run_claim(
+    db: impl PgExecutor<'_>,
+    sql: &str,
+    req: &Request<'_>,
+    ttl: Duration,
+    token: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query(sql)
+        .bind(req.merchant_id)
+        .bind(req.key)
+        .bind(req.method)
+        .bind(req.path)
+        .bind(req.fingerprint)
+        .bind(ttl_ms(ttl))
+        .bind(token)
+        .bind(RETENTION_HOURS)
+        .fetch_optional(db)
+        .await?;
+    Ok(claimed.is_some())
+}
+
 /// Takes a key nobody holds: inserts its row, or reclaims a row past the retention window as
 /// if it were new. True when `token` now holds the lock.
 pub async fn claim(
@@ -51,30 +84,27 @@ pub async fn claim(
     ttl: Duration,
     token: Uuid,
 ) -> Result<bool, sqlx::Error> {
-    let claimed = sqlx::query_scalar::<_, i32>(
-        "INSERT INTO idempotency_keys (merchant_id, key, request_method, request_path, fingerprint,
-                                       locked_until, lock_token)
-         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6::double precision / 1000), $7)
-         ON CONFLICT (merchant_id, key) DO UPDATE SET
-            request_method = EXCLUDED.request_method, request_path = EXCLUDED.request_path,
-            fingerprint = EXCLUDED.fingerprint, locked_until = EXCLUDED.locked_until,
-            lock_token = EXCLUDED.lock_token,
-            response_status = NULL, response_body = NULL, response_sealed = NULL,
-            created_at = now()
-         WHERE idempotency_keys.created_at < now() - make_interval(hours => $8)
-         RETURNING 1",
+    run_claim(db, &format!("{CLAIM} RETURNING 1"), req, ttl, token).await
+}
+
+/// [`claim`] as the first statement of a transaction that began with a `SET LOCAL
+/// lock_timeout` to bound the wait on another request's uncommitted claim of the key. Once
+/// the key is held the timeout is lifted in the same statement, so it never applies to the
+/// rest of the transaction's work.
+pub async fn claim_in_transaction(
+    conn: &mut PgConnection,
+    req: &Request<'_>,
+    ttl: Duration,
+    token: Uuid,
+) -> Result<bool, sqlx::Error> {
+    run_claim(
+        conn,
+        &format!("{CLAIM} RETURNING set_config('lock_timeout', '0', true)"),
+        req,
+        ttl,
+        token,
     )
-    .bind(req.merchant_id)
-    .bind(req.key)
-    .bind(req.method)
-    .bind(req.path)
-    .bind(req.fingerprint)
-    .bind(ttl_ms(ttl))
-    .bind(token)
-    .bind(RETENTION_HOURS)
-    .fetch_optional(db)
-    .await?;
-    Ok(claimed.is_some())
+    .await
 }
 
 /// The key's row, if any.

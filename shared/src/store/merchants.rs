@@ -296,23 +296,37 @@ pub async fn authenticate<'e>(
     db: impl PgExecutor<'e>,
     secret: &str,
 ) -> Result<Option<KeyOwner>, StoreError> {
-    let row: Option<(String, String, String)> = sqlx::query_as(
-        "SELECT id, merchant_id, role FROM api_keys
+    Ok(authenticate_with_expiry(db, &hash_secret(secret))
+        .await?
+        .map(|(owner, _)| owner))
+}
+
+/// The owner of the valid key with this hash ([`hash_secret`]), and when the key expires (a
+/// rolled key), for a cache that must stop serving it then.
+pub async fn authenticate_with_expiry<'e>(
+    db: impl PgExecutor<'e>,
+    key_hash: &[u8],
+) -> Result<Option<(KeyOwner, Option<DateTime<Utc>>)>, StoreError> {
+    let row: Option<(String, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT id, merchant_id, role, expires_at FROM api_keys
          WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
     )
-    .bind(hash_secret(secret))
+    .bind(key_hash)
     .fetch_optional(db)
     .await?;
-    row.map(|(key_id, merchant_id, role)| {
+    row.map(|(key_id, merchant_id, role, expires_at)| {
         let role = Role::parse(&role).map_err(|e| StoreError::Corrupt {
             id: key_id.clone(),
             reason: e.message,
         })?;
-        Ok(KeyOwner {
-            key_id,
-            merchant_id,
-            role,
-        })
+        Ok((
+            KeyOwner {
+                key_id,
+                merchant_id,
+                role,
+            },
+            expires_at,
+        ))
     })
     .transpose()
 }

@@ -47,6 +47,25 @@ async fn missing_malformed_and_revoked_keys_are_401() {
         .assert_error(401, "unauthorized");
 }
 
+/// The API caches key lookups for at most `key_cache::TTL`: a key revoked while it is cached
+/// is refused once that second has passed, without a restart.
+#[tokio::test]
+async fn a_revoked_key_is_refused_within_the_cache_window() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/api/payment-intents").await.status, 200);
+    assert_eq!(
+        app.get("/api/payment-intents").await.status,
+        200,
+        "served from the cache now"
+    );
+    let keys = merchants::list_keys(&app.pool).await.unwrap();
+    assert!(merchants::revoke_key(&app.pool, &keys[0].id).await.unwrap());
+    tokio::time::sleep(paystream_api::key_cache::TTL + std::time::Duration::from_millis(50)).await;
+    app.get("/api/payment-intents")
+        .await
+        .assert_error(401, "unauthorized");
+}
+
 #[tokio::test]
 async fn read_only_keys_may_read_but_not_write() {
     let app = spawn_app().await;

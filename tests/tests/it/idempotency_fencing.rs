@@ -186,13 +186,85 @@ async fn a_commit_that_fails_after_the_answer_was_stored_frees_the_key() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
-/// A holder slower than the lock's TTL loses the key to a retry; when it wakes, it must commit
-/// nothing. Holder A is made slow for real: a transaction of the test holds a SHARE lock on
-/// `payment_intents`, so A's insert waits while its key's lock expires. B, the retry, takes
-/// the key over and waits on the same lock; then the lock goes and both run on. Without the
-/// fence both commit: two intents, two confirm commands, two charges.
+/// On a route the layer claims before the handler runs, a holder slower than the lock's TTL
+/// loses the key to a retry; when it wakes, it must commit nothing. The first call sleeps past
+/// the TTL before storing its answer, the retry takes the key over meanwhile and answers.
+/// Without the fence both commit.
 #[tokio::test]
 async fn a_holder_that_lost_its_key_to_a_retry_commits_nothing() {
+    let app = spawn_app_with(|c| c.idempotency_lock_ttl = Duration::from_millis(300)).await;
+    sqlx::query("CREATE TABLE fenced_runs (n INT)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let pool = app.pool.clone();
+    let counter = calls.clone();
+    let ep = poem::endpoint::make(move |req: Request| {
+        let (pool, counter) = (pool.clone(), counter.clone());
+        async move {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let mut tx = pool.begin().await.map_err(ApiError::from)?;
+            sqlx::query("INSERT INTO fenced_runs VALUES ($1)")
+                .bind(i32::try_from(n).unwrap())
+                .execute(&mut *tx)
+                .await
+                .map_err(ApiError::from)?;
+            if n == 0 {
+                // Stalls past the TTL while the retry takes the key over and answers.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            let body = format!(r#"{{"run":{n}}}"#);
+            idempotency::complete(&req, &mut tx, StatusCode::CREATED, body.as_bytes()).await?;
+            tx.commit().await.map_err(ApiError::from)?;
+            Ok::<_, poem::Error>(body.with_status(StatusCode::CREATED).into_response())
+        }
+    });
+    let client = Arc::new(TestClient::new(guarded(&app, ep)));
+    let send = {
+        let client = client.clone();
+        move || {
+            let client = client.clone();
+            async move {
+                let resp = client
+                    .post("/things")
+                    .header("Idempotency-Key", "fenced")
+                    .body_json(&json!({}))
+                    .send()
+                    .await;
+                let status = resp.0.status();
+                (status, resp.0.into_body().into_string().await.unwrap())
+            }
+        }
+    };
+    let a = tokio::spawn(send());
+    paystream_tests::eventually(Duration::from_secs(10), "A to run", || async {
+        (calls.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let b = send().await;
+    assert_eq!(b.0, StatusCode::CREATED, "the retry took over: {b:?}");
+    let a = a.await.unwrap();
+    assert_eq!(a.0, StatusCode::CONFLICT, "{a:?}");
+    assert!(a.1.contains("idempotency_key_in_use"), "{a:?}");
+    let runs: Vec<i32> = sqlx::query_scalar("SELECT n FROM fenced_runs")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, vec![1], "only the retry's work committed");
+    let (replay_status, replay) = send().await;
+    assert_eq!(replay_status, StatusCode::OK);
+    assert_eq!(replay, r#"{"run":1}"#);
+}
+
+/// The payment intents claim their key inside the handler's transaction, so a holder cannot
+/// lose it: the uncommitted row is the lock. A holder stalled past the lock's TTL (its insert
+/// waits on a SHARE lock a transaction of the test holds on `payment_intents`) keeps the key;
+/// the retry waits the TTL, is refused with 409 and runs nothing; then the holder commits, and
+/// the key replays its answer. One intent, one confirm command, one charge.
+#[tokio::test]
+async fn a_stalled_holder_keeps_its_key_and_the_retry_runs_nothing() {
     let app = spawn_app_with(|c| c.idempotency_lock_ttl = Duration::from_millis(300)).await;
     let _worker = app.start_confirm_worker();
     let body = json!({
@@ -205,24 +277,14 @@ async fn a_holder_that_lost_its_key_to_a_retry_commits_nothing() {
         .execute(&mut *blocker)
         .await
         .unwrap();
-    let locked_until = || async {
-        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
-            "SELECT locked_until FROM idempotency_keys WHERE key = 'fenced'",
-        )
-        .fetch_optional(&app.pool)
-        .await
-        .unwrap()
-        .flatten()
-    };
-
-    let a = {
+    let post = || {
         let (http, url, key, body) = (
             app.http.clone(),
             format!("{}/api/payment-intents", app.address),
             app.api_key.clone(),
             body.clone(),
         );
-        tokio::spawn(async move {
+        async move {
             http.post(url)
                 .bearer_auth(key)
                 .header("Idempotency-Key", "fenced")
@@ -230,51 +292,36 @@ async fn a_holder_that_lost_its_key_to_a_retry_commits_nothing() {
                 .send()
                 .await
                 .unwrap()
-        })
+        }
     };
-    let first_lock =
-        paystream_tests::eventually(Duration::from_secs(10), "A to take the key", || {
-            locked_until()
-        })
-        .await;
-    // Past A's TTL, B finds the lock expired and takes the key over.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let b = {
-        let (http, url, key, body) = (
-            app.http.clone(),
-            format!("{}/api/payment-intents", app.address),
-            app.api_key.clone(),
-            body.clone(),
-        );
-        tokio::spawn(async move {
-            http.post(url)
-                .bearer_auth(key)
-                .header("Idempotency-Key", "fenced")
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-        })
-    };
+    let a = tokio::spawn(post());
+    let db = app.pool.clone();
     paystream_tests::eventually(
         Duration::from_secs(10),
-        "B to take the key over",
-        || async { locked_until().await.filter(|t| *t > first_lock) },
+        "A to hold its key and wait on the table lock",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND query LIKE '%INSERT INTO payment_intents%'",
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            (waiting == 1).then_some(())
+        },
     )
     .await;
-    // Both wait on the table lock now; let them go.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    blocker.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let b = post().await;
+    let b_status = b.status().as_u16();
+    let b_text = b.text().await.unwrap();
+    assert_eq!(b_status, 409, "{b_text}");
+    assert!(b_text.contains("idempotency_key_in_use"), "{b_text}");
 
-    let (a, b) = (a.await.unwrap(), b.await.unwrap());
-    let statuses = [a.status().as_u16(), b.status().as_u16()];
-    let bodies = [a.text().await.unwrap(), b.text().await.unwrap()];
-    assert!(
-        statuses.contains(&201) && statuses.contains(&409),
-        "one runs, the one that lost its lock is refused: {statuses:?} {bodies:?}"
-    );
-    let refused = &bodies[statuses.iter().position(|s| *s == 409).unwrap()];
-    assert!(refused.contains("idempotency_key_in_use"), "{refused}");
+    blocker.commit().await.unwrap();
+    let a = a.await.unwrap();
+    assert_eq!(a.status().as_u16(), 201);
 
     let intents: Vec<String> =
         sqlx::query_scalar("SELECT id FROM payment_intents WHERE customer_id = 'cus_fence'")
