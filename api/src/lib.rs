@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod card_guard;
+pub mod client_side;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
@@ -83,6 +84,8 @@ pub fn app(state: AppState) -> impl Endpoint {
     let limiter = Arc::new(rate_limit::RateLimiter::new(
         state.config.rate_limit_per_sec,
     ));
+    // Failed client-secret checks, per publishable key and per client address.
+    let secret_limits = Arc::new(client_side::SecretLimits::default());
     let api = openapi_service();
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
@@ -117,7 +120,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         )
         .nest(
             "/api",
-            api.around(move |ep, req| auth::guard(ep, req, limiter.clone())),
+            api.around(move |ep, req| auth::guard(ep, req, limiter.clone(), secret_limits.clone())),
         )
         .at("/openapi.json", spec)
         .nest("/docs", docs)
@@ -142,6 +145,8 @@ pub fn app(state: AppState) -> impl Endpoint {
                 resp
             }
         })
+        // Before authentication: a CORS preflight carries no key.
+        .around(client_side::preflight)
         .data(state)
         .data(vault)
         .around(request_id::around)
