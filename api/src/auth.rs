@@ -142,7 +142,7 @@ pub async fn guard<E: Endpoint>(
         ))
         .into());
     }
-    let full_path = req.uri().path().to_owned();
+    let full_path = req.original_uri().path().to_owned();
     let origin = req
         .headers()
         .get(poem::http::header::ORIGIN)

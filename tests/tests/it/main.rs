@@ -8,6 +8,7 @@ mod auth;
 mod browser;
 mod card_data;
 mod chaos;
+mod client_secret;
 mod deadlines;
 mod disputes;
 mod idempotency;
