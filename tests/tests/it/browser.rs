@@ -358,6 +358,7 @@ fn assert_what_the_browser_sent(app: &TestApp, paid: &Paid, card: &str) {
         }
         if url.starts_with(&format!("{}/api/payment-intents/", app.address))
             && url.ends_with("/confirm")
+            && r["method"] == "POST"
         {
             assert!(seen.contains("pk_"), "{seen}");
             confirms += 1;
