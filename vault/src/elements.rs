@@ -129,8 +129,8 @@ mod tests {
     #[test]
     fn values_cannot_close_the_script() {
         assert_eq!(js_string("</script>"), "\"\\u003c/script>\"");
-        let page = document("pk_1", "https://shop.example");
-        assert!(page.contains("const PARENT = \"https://shop.example\";"));
-        assert!(page.contains("event.origin !== PARENT"));
+        let html = document("pk_1", "https://shop.example");
+        assert!(html.contains("const PARENT = \"https://shop.example\";"));
+        assert!(html.contains("event.origin !== PARENT"));
     }
 }

@@ -598,7 +598,6 @@ impl PaymentIntentsApi {
         req: &Request,
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
-        vault: poem::web::Data<&super::payment_methods::Vault>,
         id: Path<String>,
         /// Makes the request safe to retry: the same key with the same body answers the
         /// original response (200, `Idempotent-Replayed: true`) instead of running again.
@@ -625,8 +624,13 @@ impl PaymentIntentsApi {
                 // Confirmable first, so a token is not used up on an intent that cannot use it.
                 let intent = load(&state, &auth, &id.0).await?;
                 intent.status.confirmable()?;
+                // The vault's client is the application's data, as for `POST /payment-methods`.
+                let no_vault = super::payment_methods::Vault(None);
+                let vault = req
+                    .data::<super::payment_methods::Vault>()
+                    .unwrap_or(&no_vault);
                 let pm = super::payment_methods::from_token(
-                    vault.0,
+                    vault,
                     &auth,
                     token.method_type,
                     &token.token,

@@ -243,6 +243,9 @@ async fn a_burst_of_wrong_secrets_is_rate_limited_and_then_even_the_right_one_wa
     assert_eq!(r.status, 200);
 }
 
+/// NATS messages seen: subject and payload.
+type Published = Vec<(String, Vec<u8>)>;
+
 #[derive(Clone, Default)]
 struct LogBuffer(Arc<Mutex<Vec<u8>>>);
 
@@ -279,7 +282,7 @@ async fn the_client_secret_is_in_no_table_log_line_nats_message_or_webhook_body(
         .await
         .unwrap();
     let mut messages = nats.subscribe(">").await.unwrap();
-    let seen: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let seen: Arc<Mutex<Published>> = Arc::default();
     let collected = seen.clone();
     let prefix = app.prefix.clone();
     tokio::spawn(async move {
