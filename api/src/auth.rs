@@ -13,6 +13,7 @@ use paystream_shared::audit::{self, NewEntry};
 use paystream_shared::roles::{self, Access};
 use paystream_shared::store::merchants::{KeyOwner, Role};
 
+use crate::client_side::{self, ClientCall, SecretLimits};
 use crate::error::ApiError;
 use crate::key_cache::KeyCache;
 use crate::rate_limit::RateLimiter;
@@ -24,6 +25,15 @@ pub struct AuthContext {
     pub merchant_id: String,
     pub key_id: String,
     pub role: Role,
+    /// Set for a publishable key's client-side call: the handler checks the client secret
+    /// and counts a wrong one here.
+    pub client: Option<ClientCall>,
+}
+
+impl std::fmt::Debug for ClientCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientCall(..)")
+    }
 }
 
 impl AuthContext {
@@ -95,6 +105,7 @@ pub async fn guard<E: Endpoint>(
     mut req: Request,
     limiter: Arc<RateLimiter>,
     keys: Arc<KeyCache>,
+    secret_limits: Arc<SecretLimits>,
 ) -> poem::Result<Response> {
     let state = req
         .data::<AppState>()
@@ -120,9 +131,10 @@ pub async fn guard<E: Endpoint>(
     // (which may do everything, and so gets the router's own 404 or 405).
     let path = req.uri().path();
     let path = path.strip_prefix("/api").unwrap_or(path);
-    let allowed = match roles::operation(req.method().as_str(), path).map(|o| o.access) {
-        Some(Access::Key(permission)) => owner.role.permits(permission),
-        Some(Access::Signed) | None => owner.role == Role::Admin,
+    // A publishable key is admitted to the client-side calls only (shared/src/roles.rs).
+    let allowed = match roles::operation(req.method().as_str(), path) {
+        Some(o) if matches!(o.access, Access::Key(_)) => roles::admits(owner.role, o),
+        Some(_) | None => owner.role == Role::Admin,
     };
     if !allowed {
         let (method, path) = (req.method().to_string(), path.to_owned());
@@ -133,10 +145,31 @@ pub async fn guard<E: Endpoint>(
         ))
         .into());
     }
+    let full_path = req.original_uri().path().to_owned();
+    let origin = req
+        .headers()
+        .get(poem::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let client = if owner.role == Role::Publishable {
+        let address = client_side::client_address(&req, &state);
+        match ClientCall::admit(secret_limits, &owner.key_id, address) {
+            Ok(call) => Some(call),
+            Err(limited) => {
+                let mut resp = crate::error::to_contract_response(limited.into());
+                let origins = &owner.allowed_origins;
+                client_side::allow_origin(origin.as_deref(), origins, &full_path, &mut resp);
+                return Ok(resp);
+            }
+        }
+    } else {
+        None
+    };
     let ctx = AuthContext {
-        merchant_id: owner.merchant_id,
-        key_id: owner.key_id,
+        merchant_id: owner.merchant_id.clone(),
+        key_id: owner.key_id.clone(),
         role: owner.role,
+        client,
     };
     let merchant_id = ctx.merchant_id.clone();
     req.extensions_mut().insert(ctx);
@@ -146,11 +179,26 @@ pub async fn guard<E: Endpoint>(
         req.headers_mut()
             .insert(poem::http::header::AUTHORIZATION, value);
     }
-    if req.method() == Method::POST {
+    let answered = if req.method() == Method::POST {
         idempotency::around(&ep, req, &state, &merchant_id).await
     } else {
         ep.call(req).await.map(IntoResponse::into_response)
+    };
+    if owner.role == Role::Publishable {
+        // The error in its contract shape now, so the browser may read it under CORS too.
+        let mut resp = answered.unwrap_or_else(crate::error::to_contract_response);
+        client_side::allow_origin(
+            origin.as_deref(),
+            &owner.allowed_origins,
+            &full_path,
+            &mut resp,
+        );
+        return Ok(resp);
     }
+    if full_path.starts_with("/api/payment-intents") {
+        return Ok(client_side::add_client_secrets(&state, &merchant_id, answered?).await);
+    }
+    answered
 }
 
 /// A refused call is audit-logged against the key that made it, before the 403 goes out; if

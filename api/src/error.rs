@@ -94,6 +94,16 @@ impl ApiError {
         )
     }
 
+    /// A CORS preflight from an origin no publishable key lists (or with no origin at all).
+    pub fn cors_refused() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "origin_not_allowed",
+            "This origin is not allowed: add it to a publishable key with `paystream keys create --role publishable --origin ...`.",
+        )
+    }
+
     pub fn not_found(what: &str, id: &str) -> Self {
         // Scrub before cutting, so a card number split by the cut cannot leave a fragment behind.
         let shown: String = scrub(id).chars().take(64).collect();

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod card_guard;
+pub mod client_side;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
@@ -86,6 +87,8 @@ pub fn app(state: AppState) -> impl Endpoint {
     ));
     // Likewise one key cache: a revoked key is refused within its second (`key_cache`).
     let keys = Arc::new(key_cache::KeyCache::default());
+    // Failed client-secret checks, per publishable key and per client address.
+    let secret_limits = Arc::new(client_side::SecretLimits::default());
     let api = openapi_service();
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
@@ -120,7 +123,9 @@ pub fn app(state: AppState) -> impl Endpoint {
         )
         .nest(
             "/api",
-            api.around(move |ep, req| auth::guard(ep, req, limiter.clone(), keys.clone())),
+            api.around(move |ep, req| {
+                auth::guard(ep, req, limiter.clone(), keys.clone(), secret_limits.clone())
+            }),
         )
         .at("/openapi.json", spec)
         .nest("/docs", docs)
@@ -145,6 +150,8 @@ pub fn app(state: AppState) -> impl Endpoint {
                 resp
             }
         })
+        // Before authentication: a CORS preflight carries no key.
+        .around(client_side::preflight)
         .data(state)
         .data(vault)
         .around(request_id::around)

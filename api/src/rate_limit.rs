@@ -7,8 +7,8 @@
 //! store) on every request, and the limit exists to stop one runaway client from starving the
 //! others on a replica, not to meter usage exactly.
 //!
-//! Arithmetic is on integers: a token is `NANOS_PER_SEC` units, and every elapsed nanosecond
-//! adds `rate` units, so no rounding creeps in at any rate.
+//! Arithmetic is on integers: a token is as many units as the refill period has nanoseconds,
+//! and every elapsed nanosecond adds `burst` units, so no rounding creeps in at any rate.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -21,7 +21,10 @@ const NANOS_PER_SEC: u128 = 1_000_000_000;
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 pub struct RateLimiter {
-    per_sec: u32,
+    /// Tokens a full bucket holds, and how many come back per `period`.
+    burst: u32,
+    /// The refill period in nanoseconds: one token is this many units.
+    period_nanos: u128,
     state: Mutex<State>,
 }
 
@@ -31,7 +34,7 @@ struct State {
 }
 
 struct Bucket {
-    /// Tokens left, in units of 1/NANOS_PER_SEC of a token.
+    /// Tokens left, in units of 1/period_nanos of a token.
     units: u128,
     refilled_at: Instant,
 }
@@ -46,8 +49,15 @@ pub struct Limited {
 impl RateLimiter {
     /// `per_sec` requests per second per key, with a burst of as many; 0 allows everything.
     pub fn new(per_sec: u32) -> Self {
+        Self::per_period(per_sec, Duration::from_secs(1))
+    }
+
+    /// `burst` requests per `period` per key, with a burst of as many; used for the slower
+    /// limit on failed client-secret checks (per minute).
+    pub fn per_period(burst: u32, period: Duration) -> Self {
         Self {
-            per_sec,
+            burst,
+            period_nanos: period.as_nanos().max(1),
             state: Mutex::new(State {
                 buckets: HashMap::new(),
                 last_prune: None,
@@ -56,30 +66,43 @@ impl RateLimiter {
     }
 
     pub fn is_enabled(&self) -> bool {
-        self.per_sec > 0
+        self.burst > 0
     }
 
     /// Takes one token from `key`'s bucket, or says how long to wait for one.
     pub fn check(&self, key: &str, now: Instant) -> Result<(), Limited> {
+        self.decide(key, now, true)
+    }
+
+    /// Whether `key`'s bucket has a token, without taking it: a call is refused while the
+    /// bucket is empty, and only a failure (see [`RateLimiter::check`]) takes a token.
+    pub fn peek(&self, key: &str, now: Instant) -> Result<(), Limited> {
+        self.decide(key, now, false)
+    }
+
+    fn decide(&self, key: &str, now: Instant, take: bool) -> Result<(), Limited> {
         if !self.is_enabled() {
             return Ok(());
         }
-        let rate = u128::from(self.per_sec);
-        let capacity = rate * NANOS_PER_SEC;
+        let token = self.period_nanos;
+        let rate = u128::from(self.burst);
+        let capacity = rate * token;
         // A panic elsewhere while the lock was held cannot leave a bucket half-updated (each
         // update is a plain store), so a poisoned lock is still safe to use.
         let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let state = &mut *guard;
-        state.prune(now);
+        state.prune(now, token);
         let Some(bucket) = state.buckets.get_mut(key) else {
             // A key not seen lately starts full, less this request's token.
-            state.buckets.insert(
-                key.to_owned(),
-                Bucket {
-                    units: capacity - NANOS_PER_SEC,
-                    refilled_at: now,
-                },
-            );
+            if take {
+                state.buckets.insert(
+                    key.to_owned(),
+                    Bucket {
+                        units: capacity - token,
+                        refilled_at: now,
+                    },
+                );
+            }
             return Ok(());
         };
         let elapsed = now.saturating_duration_since(bucket.refilled_at).as_nanos();
@@ -88,11 +111,13 @@ impl RateLimiter {
             .saturating_add(elapsed.saturating_mul(rate))
             .min(capacity);
         bucket.refilled_at = now.max(bucket.refilled_at);
-        if bucket.units >= NANOS_PER_SEC {
-            bucket.units -= NANOS_PER_SEC;
+        if bucket.units >= token {
+            if take {
+                bucket.units -= token;
+            }
             return Ok(());
         }
-        let wait_nanos = (NANOS_PER_SEC - bucket.units).div_ceil(rate);
+        let wait_nanos = (token - bucket.units).div_ceil(rate);
         let secs = wait_nanos.div_ceil(NANOS_PER_SEC).max(1);
         Err(Limited {
             retry_after_secs: u64::try_from(secs).unwrap_or(u64::MAX),
@@ -110,7 +135,8 @@ impl RateLimiter {
 }
 
 impl State {
-    fn prune(&mut self, now: Instant) {
+    /// Drops buckets idle for a whole period: they are full again, as a missing one is.
+    fn prune(&mut self, now: Instant, period_nanos: u128) {
         let due = self
             .last_prune
             .is_none_or(|at| now.saturating_duration_since(at) >= PRUNE_EVERY);
@@ -118,8 +144,9 @@ impl State {
             return;
         }
         self.last_prune = Some(now);
+        let full_after = Duration::from_nanos(u64::try_from(period_nanos).unwrap_or(u64::MAX));
         self.buckets
-            .retain(|_, b| now.saturating_duration_since(b.refilled_at) < Duration::from_secs(1));
+            .retain(|_, b| now.saturating_duration_since(b.refilled_at) < full_after);
     }
 }
 
@@ -196,6 +223,32 @@ mod tests {
                 retry_after_secs: 1
             })
         );
+    }
+
+    #[test]
+    fn per_minute_buckets_and_peeking_takes_nothing() {
+        let limiter = RateLimiter::per_period(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(limiter.peek("ip", t0), Ok(()));
+        }
+        for _ in 0..3 {
+            assert_eq!(limiter.check("ip", t0), Ok(()));
+        }
+        assert_eq!(
+            limiter.peek("ip", t0),
+            Err(Limited {
+                retry_after_secs: 20
+            })
+        );
+        assert!(limiter.check("ip", t0).is_err());
+        assert_eq!(limiter.peek("other", t0), Ok(()));
+        // One failure is forgiven every 20 s.
+        assert_eq!(limiter.peek("ip", t0 + Duration::from_secs(20)), Ok(()));
+        // Idle for a whole minute, the bucket is dropped (it would be full).
+        let later = t0 + Duration::from_secs(20) + PRUNE_EVERY;
+        assert_eq!(limiter.check("x", later), Ok(()));
+        assert_eq!(limiter.tracked(), 1);
     }
 
     #[test]

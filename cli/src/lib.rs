@@ -103,6 +103,12 @@ pub enum KeysCommand {
         merchant: String,
         #[arg(long, default_value = "admin", value_parser = ["admin", "developer", "support", "read_only", "publishable"])]
         role: String,
+        /// A browser origin the publishable key may be used from (`https://shop.example`),
+        /// repeatable: the vault's tokens and the client-side intent calls answer CORS for
+        /// these origins only. Without one the key works from servers and the vault's card
+        /// fields only.
+        #[arg(long = "origin")]
+        origins: Vec<String>,
     },
     /// List keys (never the secrets: only their first characters).
     List {
@@ -233,10 +239,28 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode> {
     let pool = database(config).await?;
     match command {
-        KeysCommand::Create { merchant, role } => {
+        KeysCommand::Create {
+            merchant,
+            role,
+            origins,
+        } => {
             let role = Role::parse(&role).map_err(|e| anyhow::anyhow!(e.message))?;
+            if !origins.is_empty() && role != Role::Publishable {
+                anyhow::bail!("--origin is for publishable keys only (--role publishable)");
+            }
+            let origins = origins
+                .iter()
+                .map(|o| {
+                    merchants::parse_origin(o)
+                        .map_err(|e| anyhow::anyhow!("--origin {o}: {}", e.message))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let mut conn = pool.acquire().await?;
             let key = merchants::create_key(&mut conn, &merchant, role, None).await?;
+            merchants::set_allowed_origins(&mut *conn, &key.key_id, &origins).await?;
+            if !origins.is_empty() {
+                println!("origins {}", origins.join(" "));
+            }
             println!("merchant {} ({})", key.merchant_name, key.merchant_id);
             println!("key {} role {}", key.key_id, key.role.as_str());
             // The key is printed once, here, and stored nowhere but as a hash.

@@ -607,7 +607,11 @@ async fn start(
             )
         }
     };
-    let publishable_key = publishable_key(&mut conn, &merchant_id).await?;
+    // Bound now, so the demo's publishable key can name the page's origin for CORS.
+    let demo_listener = bind_demo(args)?;
+    let demo_url = http_url(demo_listener.local_addr()?);
+    let publishable_key =
+        publishable_key(&mut conn, &merchant_id, &demo_origins(&demo_url)).await?;
     drop(conn);
     pool.close().await;
 
@@ -698,7 +702,7 @@ async fn start(
     }
     let demo_line = if started.contains(&"vault") {
         let demo = serve_demo(
-            args,
+            demo_listener,
             paystream_demo::DemoConfig {
                 api_url: api.clone(),
                 vault_url: vault.clone(),
@@ -723,6 +727,7 @@ async fn start(
 async fn publishable_key(
     conn: &mut sqlx::PgConnection,
     merchant_id: &str,
+    origins: &[String],
 ) -> anyhow::Result<String> {
     let name: String = sqlx::query_scalar("SELECT name FROM merchants WHERE id = $1")
         .bind(merchant_id)
@@ -730,22 +735,36 @@ async fn publishable_key(
         .await
         .context("reading the merchant of the admin key")?;
     let key = merchants::create_key(conn, &name, merchants::Role::Publishable, None).await?;
+    merchants::set_allowed_origins(&mut *conn, &key.key_id, origins).await?;
     Ok(key.secret.expose().clone())
+}
+
+/// The origins a browser may show the demo under: its URL, and on loopback the same port
+/// under `localhost` too, since people type either.
+fn demo_origins(url: &str) -> Vec<String> {
+    let mut origins = vec![url.to_owned()];
+    if let Some(port) = url.strip_prefix("http://127.0.0.1:") {
+        origins.push(format!("http://localhost:{port}"));
+    }
+    origins
+}
+
+fn bind_demo(args: &UpArgs) -> anyhow::Result<std::net::TcpListener> {
+    let addr = match args.demo_addr {
+        Some(addr) => addr,
+        None => SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    std::net::TcpListener::bind(addr)
+        .with_context(|| format!("binding the demo checkout to {addr}"))
 }
 
 /// The demo checkout runs inside `up` itself rather than as a child: it is a client of the
 /// stack, not a part of it, and it needs the keys `up` just made. Returns its URL.
 fn serve_demo(
-    args: &UpArgs,
+    listener: std::net::TcpListener,
     config: paystream_demo::DemoConfig,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<String> {
-    let addr = match args.demo_addr {
-        Some(addr) => addr,
-        None => SocketAddr::from(([127, 0, 0, 1], 0)),
-    };
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("binding the demo checkout to {addr}"))?;
     let url = http_url(listener.local_addr()?);
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -759,6 +778,15 @@ fn serve_demo(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_is_allowed_under_both_loopback_names() {
+        assert_eq!(
+            demo_origins("http://127.0.0.1:8085"),
+            ["http://127.0.0.1:8085", "http://localhost:8085"]
+        );
+        assert_eq!(demo_origins("http://10.0.0.2:80"), ["http://10.0.0.2:80"]);
+    }
 
     #[test]
     fn host_and_port_from_urls() {

@@ -1,14 +1,15 @@
-//! The demo checkout: a merchant's web shop reduced to one page, the way a merchant integrates
-//! paystream so that card data never reaches their server (docs/pci-scope.md says which SAQ that is).
+//! The demo checkout: a merchant's web shop reduced to one page, integrated the way Stripe.js
+//! users do, so that neither the card number nor the secret key ever reaches the other's side
+//! (docs/pci-scope.md says why that is SAQ A).
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /` | the checkout page: card number, expiry, CVC and a Pay button; its script tokenizes the card at the vault with the publishable key |
-//! | `POST /pay` `{token}` | the merchant's server: with the secret key it makes the token a payment method and creates a confirmed payment intent, then answers `{redirect}`: the 3-D Secure challenge, or the return page |
-//! | `GET /return?payment_intent=` | the return URL: the intent's status, refreshed while it is still moving |
+//! | `GET /` | the merchant's server creates a payment intent with its secret key and serves the checkout page with only the intent's id, its `clientSecret` and the publishable key. The card fields are the vault's own page (`/vault/elements`) in an iframe; the page's script asks it for a token by `postMessage`, then confirms the intent at the API with the publishable key and the client secret, and follows the 3-D Secure redirect |
+//! | `GET /return?payment_intent=` | the return URL: the intent's status (read with the secret key), refreshed while it is still moving |
 //!
-//! `paystream up` serves it next to the stack, and the browser test (tests/tests/it/browser.rs)
-//! drives it in headless Chromium. It is a client of the public API and the vault only.
+//! `paystream up` serves it next to the stack (its publishable key lists the demo's origin),
+//! and the browser test (tests/tests/it/browser.rs) drives it in headless Chromium. It is a
+//! client of the public API and the vault only.
 #![forbid(unsafe_code)]
 
 mod page;
@@ -17,8 +18,8 @@ use std::time::Duration;
 
 use poem::http::StatusCode;
 use poem::listener::TcpAcceptor;
-use poem::web::{Data, Json, Query};
-use poem::{get, handler, post, EndpointExt, IntoResponse, Response, Route, Server};
+use poem::web::{Data, Query};
+use poem::{get, handler, EndpointExt, Response, Route, Server};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -29,23 +30,19 @@ pub const CUSTOMER: &str = "cus_demo";
 pub const AMOUNT: i64 = 1099;
 pub const CURRENCY: &str = "usd";
 
-/// How long `POST /pay` waits for the confirm worker to leave `processing` before it sends the
-/// browser to the return page, which keeps refreshing until the outcome is known.
-const OUTCOME_WAIT: Duration = Duration::from_secs(20);
-const POLL_EVERY: Duration = Duration::from_millis(100);
-
 /// Statuses in which the intent still moves on by itself (the confirm worker is at it).
 const MOVING: &[&str] = &["processing"];
 
 #[derive(Clone)]
 pub struct DemoConfig {
-    /// The API as the demo's server reaches it.
+    /// The API, as the demo's server and the customer's browser reach it.
     pub api_url: String,
     /// The vault as the customer's browser reaches it.
     pub vault_url: String,
     /// The merchant's secret key; it stays on this server.
     pub secret_key: String,
-    /// The merchant's `pk_` key; it is written into the page.
+    /// The merchant's `pk_` key; it is written into the page. It must list the demo's origin
+    /// (`--origin`), or the browser's calls to the API and the vault's card fields are refused.
     pub publishable_key: String,
 }
 
@@ -118,22 +115,6 @@ impl Shop {
         Err(DemoError::Refused { status, message })
     }
 
-    async fn post(
-        &self,
-        path: &str,
-        idempotency_key: &str,
-        body: Value,
-    ) -> Result<Value, DemoError> {
-        // Keyed by the token, so a shopper's double click or a retried request pays once.
-        self.call(
-            self.http
-                .post(self.api(path))
-                .header("Idempotency-Key", idempotency_key)
-                .json(&body),
-        )
-        .await
-    }
-
     async fn intent(&self, id: &str) -> Result<Value, DemoError> {
         self.call(
             self.http
@@ -142,51 +123,44 @@ impl Shop {
         .await
     }
 
-    /// The merchant's side of a payment: token → payment method → confirmed intent → where the
-    /// browser goes next.
-    async fn pay(&self, token: &str) -> Result<String, DemoError> {
-        let method = self
-            .post(
-                "/api/payment-methods",
-                &format!("demo-pm-{token}"),
-                json!({"type": "card", "token": token, "customerId": CUSTOMER}),
-            )
-            .await?;
-        let method_id = method["id"].as_str().unwrap_or_default();
-        let intent = self
-            .post(
-                "/api/payment-intents",
-                &format!("demo-pi-{token}"),
-                json!({"amount": AMOUNT, "currency": CURRENCY, "customerId": CUSTOMER,
-                       "paymentMethodId": method_id, "confirm": true,
-                       "returnUrl": self.return_url}),
-            )
-            .await?;
-        let id = intent["id"].as_str().unwrap_or_default().to_owned();
-        let back = format!("{}?payment_intent={id}", self.return_url);
-        let deadline = tokio::time::Instant::now() + OUTCOME_WAIT;
-        let mut intent = intent;
-        while MOVING.contains(&intent["status"].as_str().unwrap_or_default())
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(POLL_EVERY).await;
-            intent = self.intent(&id).await?;
-        }
-        Ok(intent["nextAction"]["redirectToUrl"]["url"]
-            .as_str()
-            .map_or(back, str::to_owned))
+    /// The merchant's side of a payment: a new intent for the basket, with the secret key.
+    /// Its `clientSecret` is all of it the page gets.
+    async fn new_intent(&self) -> Result<Value, DemoError> {
+        self.call(
+            self.http
+                .post(self.api("/api/payment-intents"))
+                .json(&json!({
+                    "amount": AMOUNT, "currency": CURRENCY, "customerId": CUSTOMER,
+                    "returnUrl": self.return_url,
+                })),
+        )
+        .await
     }
 }
 
 #[handler]
-fn checkout(Data(shop): Data<&std::sync::Arc<Shop>>) -> Response {
-    page::checkout(&shop.config.vault_url, &shop.config.publishable_key)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PayRequest {
-    token: String,
+async fn checkout(Data(shop): Data<&std::sync::Arc<Shop>>) -> Response {
+    let intent = match shop.new_intent().await {
+        Ok(intent) => intent,
+        Err(e) => {
+            tracing::warn!(error = %e, "the demo could not create a payment intent");
+            return page::problem(e.status(), &e.to_string());
+        }
+    };
+    let (Some(id), Some(client_secret)) = (
+        intent["id"].as_str().filter(|id| is_id("pi_", id)),
+        intent["clientSecret"].as_str(),
+    ) else {
+        return page::problem(StatusCode::BAD_GATEWAY, "the API answered no client secret");
+    };
+    page::checkout(&page::Checkout {
+        api_url: &shop.config.api_url,
+        vault_url: &shop.config.vault_url,
+        publishable_key: &shop.config.publishable_key,
+        intent_id: id,
+        client_secret,
+        return_url: &shop.return_url,
+    })
 }
 
 /// An id of the shape paystream hands out (`tok_...`, `pi_...`): the prefix, then at most 64
@@ -196,32 +170,6 @@ fn is_id(prefix: &str, raw: &str) -> bool {
         && raw.strip_prefix(prefix).is_some_and(|rest| {
             !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         })
-}
-
-#[handler]
-async fn pay(
-    Data(shop): Data<&std::sync::Arc<Shop>>,
-    body: poem::Result<Json<PayRequest>>,
-) -> Response {
-    let result = match body {
-        Ok(Json(PayRequest { token })) if is_id("tok_", &token) => shop.pay(&token).await,
-        _ => Err(DemoError::BadRequest(
-            "send {\"token\": \"tok_...\"} from the vault",
-        )),
-    };
-    match result {
-        Ok(redirect) => Json(json!({"redirect": redirect})).into_response(),
-        Err(e) => {
-            if e.status().is_server_error() {
-                tracing::warn!(error = %e, "demo payment failed");
-            }
-            (
-                e.status(),
-                Json(json!({"error": {"message": e.to_string()}})),
-            )
-                .into_response()
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -261,7 +209,6 @@ pub fn app(config: DemoConfig, own_url: &str) -> Result<impl poem::Endpoint, Dem
     });
     Ok(Route::new()
         .at("/", get(checkout))
-        .at("/pay", post(pay))
         .at("/return", get(return_page))
         .data(shop))
 }

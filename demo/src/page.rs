@@ -42,9 +42,20 @@ fn html(status: StatusCode, title: &str, head: &str, body: &str) -> Response {
         .body(document)
 }
 
-/// The checkout page. Its inputs have ids but no `name`, so even with scripts off the browser
-/// has nothing to submit: the card goes to the vault from the script, or nowhere.
-pub fn checkout(vault_url: &str, publishable_key: &str) -> Response {
+/// What the checkout page is made of: nothing secret but the one intent's client secret.
+pub struct Checkout<'a> {
+    pub api_url: &'a str,
+    pub vault_url: &'a str,
+    pub publishable_key: &'a str,
+    pub intent_id: &'a str,
+    pub client_secret: &'a str,
+    pub return_url: &'a str,
+}
+
+/// The checkout page. It has no card input of its own: the card fields are the vault's page in
+/// an iframe, which answers a `paystream:tokenize` message with a token. The script then
+/// confirms the intent from the browser and follows where the intent says to go.
+pub fn checkout(c: &Checkout<'_>) -> Response {
     let amount = format!(
         "{}.{:02} {}",
         super::AMOUNT / 100,
@@ -53,53 +64,74 @@ pub fn checkout(vault_url: &str, publishable_key: &str) -> Response {
     );
     let body = format!(
         r#"<p>Demo shop: one item, <strong>{amount}</strong>. Test card 4242 4242 4242 4242, or
-4000 0027 6000 3184 for 3-D Secure; any future expiry, any CVC.</p>
+4000 0027 6000 3184 for 3-D Secure, 4000 0000 0000 0002 to be declined; any future expiry, any CVC.</p>
 <form id="checkout">
-<p><label>Card number<br><input id="number" inputmode="numeric" autocomplete="cc-number" required></label></p>
-<p><label>Expiry (MM/YY)<br><input id="expiry" placeholder="12/34" autocomplete="cc-exp" required></label></p>
-<p><label>CVC<br><input id="cvc" inputmode="numeric" autocomplete="cc-csc" required></label></p>
-<p><button id="pay" type="submit">Pay {amount}</button></p>
+<iframe id="card" title="Card details" style="border: 1px solid #ccc; width: 100%; height: 14em"></iframe>
+<p><button id="pay" type="submit" disabled>Pay {amount}</button></p>
 </form>
 <p id="message" role="status"></p>
 <script>
+const API = {api};
 const VAULT = {vault};
 const PUBLISHABLE_KEY = {key};
-const form = document.getElementById("checkout");
+const INTENT = {intent};
+const CLIENT_SECRET = {secret};
+const RETURN_URL = {return_url};
+const VAULT_ORIGIN = new URL(VAULT).origin;
+const frame = document.getElementById("card");
+const pay = document.getElementById("pay");
 const message = document.getElementById("message");
-form.addEventListener("submit", async (event) => {{
-  event.preventDefault();
-  const pay = document.getElementById("pay");
-  pay.disabled = true;
-  try {{
-    const [month, year] = document.getElementById("expiry").value.split("/").map((s) => Number(s.trim()));
-    message.textContent = "Sending the card to the vault…";
-    const tokenized = await fetch(VAULT + "/vault/tokens", {{
-      method: "POST",
-      headers: {{"Authorization": "Bearer " + PUBLISHABLE_KEY, "Content-Type": "application/json"}},
-      body: JSON.stringify({{card: {{
-        number: document.getElementById("number").value.replace(/\s+/g, ""),
-        expMonth: month, expYear: year < 100 ? 2000 + year : year,
-        cvc: document.getElementById("cvc").value.trim()}}}}),
-    }});
-    const token = await tokenized.json();
-    if (!tokenized.ok) throw new Error(token.error.message);
-    message.textContent = "Paying…";
-    const paid = await fetch("/pay", {{
-      method: "POST",
-      headers: {{"Content-Type": "application/json"}},
-      body: JSON.stringify({{token: token.id}}),
-    }});
-    const answer = await paid.json();
-    if (!paid.ok) throw new Error(answer.error.message);
-    window.location.assign(answer.redirect);
-  }} catch (error) {{
-    message.textContent = error.message;
-    pay.disabled = false;
+frame.src = VAULT + "/vault/elements?key=" + encodeURIComponent(PUBLISHABLE_KEY) +
+  "&origin=" + encodeURIComponent(window.location.origin);
+const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
+async function api(path, init) {{
+  const answer = await fetch(API + path, {{...init, headers: {{...(init.headers || {{}}),
+    "Authorization": "Bearer " + PUBLISHABLE_KEY}}}});
+  const body = await answer.json();
+  if (!answer.ok) throw new Error(body.error.message);
+  return body;
+}}
+async function confirmWith(token) {{
+  message.textContent = "Paying…";
+  let intent = await api("/api/payment-intents/" + INTENT + "/confirm", {{
+    method: "POST",
+    headers: {{"Content-Type": "application/json", "Idempotency-Key": "confirm-" + token}},
+    body: JSON.stringify({{clientSecret: CLIENT_SECRET, paymentMethod: {{type: "card", token}},
+      returnUrl: RETURN_URL}}),
+  }});
+  while (intent.status === "processing") {{
+    await sleep(250);
+    intent = await api("/api/payment-intents/" + INTENT + "?clientSecret=" +
+      encodeURIComponent(CLIENT_SECRET), {{method: "GET"}});
   }}
+  if (intent.status === "requires_action" && intent.nextAction) {{
+    window.location.assign(intent.nextAction.redirectToUrl.url);
+    return;
+  }}
+  window.location.assign(RETURN_URL + "?payment_intent=" + encodeURIComponent(INTENT));
+}}
+window.addEventListener("message", async (event) => {{
+  if (event.origin !== VAULT_ORIGIN || event.source !== frame.contentWindow) return;
+  const m = event.data || {{}};
+  if (m.type === "paystream:ready") {{ pay.disabled = false; return; }}
+  if (m.type === "paystream:error") {{ message.textContent = m.message; pay.disabled = false; return; }}
+  if (m.type !== "paystream:token") return;
+  try {{ await confirmWith(m.token); }}
+  catch (error) {{ message.textContent = error.message; pay.disabled = false; }}
+}});
+document.getElementById("checkout").addEventListener("submit", (event) => {{
+  event.preventDefault();
+  pay.disabled = true;
+  message.textContent = "Sending the card to the vault…";
+  frame.contentWindow.postMessage({{type: "paystream:tokenize"}}, VAULT_ORIGIN);
 }});
 </script>"#,
-        vault = js_string(vault_url.trim_end_matches('/')),
-        key = js_string(publishable_key),
+        api = js_string(c.api_url.trim_end_matches('/')),
+        vault = js_string(c.vault_url.trim_end_matches('/')),
+        key = js_string(c.publishable_key),
+        intent = js_string(c.intent_id),
+        secret = js_string(c.client_secret),
+        return_url = js_string(c.return_url),
     );
     html(StatusCode::OK, "Checkout", "", &body)
 }

@@ -12,6 +12,7 @@ pub use paystream_domain::secret;
 pub use paystream_telemetry as telemetry;
 
 pub mod audit;
+pub mod client_secret;
 pub mod commands;
 pub mod config;
 pub mod db;

@@ -190,6 +190,28 @@ pub const OPERATIONS: &[Operation] = &[
     },
 ];
 
+/// The client-side calls of a payment intent: the only API operations a publishable key may
+/// make, and only with that intent's `clientSecret` (checked by the handler, which answers 404
+/// to a wrong one). Every other operation is 403 `role_not_allowed` to a publishable key. These
+/// and [`VAULT_TOKENIZE`] are also the only operations that answer CORS.
+pub const CLIENT_SIDE: &[(&str, &str)] = &[
+    ("GET", "/payment-intents/{id}"),
+    ("POST", "/payment-intents/{id}/confirm"),
+];
+
+/// Whether `o` is one of [`CLIENT_SIDE`].
+pub fn is_client_side(o: &Operation) -> bool {
+    CLIENT_SIDE
+        .iter()
+        .any(|(m, p)| o.method.eq_ignore_ascii_case(m) && o.path == *p)
+}
+
+/// Whether a key of `role` may call `o`: its permission, or, for a publishable key, one of
+/// the client-side calls (whose client secret the handler checks).
+pub fn admits(role: Role, o: &Operation) -> bool {
+    o.permitted_to(role) || (role == Role::Publishable && is_client_side(o))
+}
+
 /// The vault's token endpoint, outside the API's document but under the same table.
 pub const VAULT_TOKENIZE: Operation = op("POST", "/vault/tokens", P::Tokenize);
 
@@ -242,6 +264,25 @@ mod tests {
         assert!(!operation("POST", "/provider/webhooks")
             .unwrap()
             .permitted_to(Role::Admin));
+    }
+
+    #[test]
+    fn a_publishable_key_may_make_the_client_side_calls_and_nothing_else() {
+        for o in OPERATIONS {
+            let client_side = CLIENT_SIDE.contains(&(o.method, o.path));
+            assert_eq!(
+                admits(Role::Publishable, o),
+                client_side,
+                "{} {}",
+                o.method,
+                o.path
+            );
+            assert_eq!(is_client_side(o), client_side);
+        }
+        for (m, p) in CLIENT_SIDE {
+            let o = operation(m, &p.replace("{id}", "pi_1")).expect("a listed operation");
+            assert!(admits(Role::Developer, o) && admits(Role::Publishable, o));
+        }
     }
 
     #[test]

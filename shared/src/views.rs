@@ -153,6 +153,11 @@ pub struct PaymentIntentView {
     pub cancellation_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// `{id}_secret_...`: what your server hands your checkout page, so the browser can read
+    /// and confirm this one intent with your publishable key. Only in answers to a secret key;
+    /// never in events, webhooks or answers to a publishable key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,6 +307,9 @@ impl IntentView for crate::domain::payment_intent::PaymentIntent {
             cancellation_reason: self.cancellation_reason.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
+            // Added by the API to answers for a secret key only; a view made here goes into
+            // events and webhooks too, so it never carries it.
+            client_secret: None,
         }
     }
 

@@ -320,6 +320,20 @@ impl TestApp {
             .clone()
     }
 
+    /// A publishable key of this app's merchant that browsers may use from `origins` (CORS,
+    /// the vault's card fields).
+    pub async fn publishable_key_for(&self, origins: &[&str]) -> String {
+        let key = self.publishable_key().await;
+        let origins: Vec<String> = origins.iter().map(|o| (*o).to_owned()).collect();
+        sqlx::query("UPDATE api_keys SET allowed_origins = $2 WHERE key_hash = $1")
+            .bind(merchants::hash_secret(&key))
+            .bind(&origins)
+            .execute(&self.pool)
+            .await
+            .expect("origins set");
+        key
+    }
+
     /// Tokenizes `instrument` (`{"card": {...}}` or `{"bankAccount": {...}}`) at the vault
     /// with `key`; the vault's answer.
     pub async fn tokenize(&self, key: &str, instrument: Value) -> Reply {

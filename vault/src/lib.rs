@@ -2,7 +2,8 @@
 //!
 //! | call | who | what |
 //! |---|---|---|
-//! | `POST /vault/tokens` | a merchant's secret or publishable key | validate, seal, store; a single-use `tok_` (15 min) with display fields; CORS for any origin (`cors`) |
+//! | `POST /vault/tokens` | a merchant's secret or publishable key | validate, seal, store; a single-use `tok_` (15 min) with display fields; CORS for the key's origins only (`cors`) |
+//! | `GET /vault/elements?key=pk_&origin=` | a browser, for a publishable key listing `origin` | the card fields as an iframe page; hands the `tok_` to the parent by `postMessage` (`elements`) |
 //! | `POST /vault/internal/tokens/{tok}/consume` `{merchantId}` | service credential | use the token once: `{vaultRef, type, card\|bankAccount}` |
 //! | `POST /vault/internal/forward` `{merchantId, vaultRef, path, body, idempotencyKey}` | service credential | POST `body` with the number put in to the acquirer; its status and body back |
 //! | `POST /vault/internal/kek/rewrap` `{batchSize?}` | service credential | re-wrap one batch of data keys under the current KEK: `{rewrapped, remaining}` |
@@ -16,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod cors;
 pub mod crypto;
+pub mod elements;
 pub mod error;
 pub mod http;
 pub mod instrument;
@@ -151,6 +153,7 @@ pub fn app(state: State) -> impl poem::Endpoint {
         .at("/readyz", get(readyz))
         // The only route with CORS: a checkout page calls it from the merchant's origin.
         .at("/vault/tokens", post(tokens::create).around(cors::tokens))
+        .at("/vault/elements", get(elements::page))
         .at(
             "/vault/internal/tokens/:token/consume",
             post(internal::consume),

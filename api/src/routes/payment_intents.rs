@@ -26,7 +26,7 @@ use paystream_shared::views::{
 use crate::auth::{AuthContext, MerchantKey};
 use crate::error::ApiError;
 use crate::extract::{parse_limit, JsonBody, SerdeJson};
-use crate::responses::{Errors, CONFLICT, NOT_FOUND, READ, WRITE};
+use crate::responses::{Errors, CONFLICT, NOT_FOUND, READ, UNAVAILABLE, WRITE};
 use crate::routes::ApiTags;
 use crate::{idempotency, AppState};
 
@@ -64,9 +64,27 @@ pub struct CreatePaymentIntent {
 pub struct ConfirmPaymentIntent {
     /// The payment method to charge, if the intent has none yet or it should change.
     pub payment_method_id: Option<String>,
+    /// Or a vault token to charge (instead of `paymentMethodId`): it becomes a payment method
+    /// of the intent's customer.
+    pub payment_method: Option<TokenPaymentMethod>,
     /// If given, must equal the intent's currency.
     pub currency: Option<String>,
     pub return_url: Option<String>,
+    /// The intent's client secret: required with a publishable key (a wrong or missing one is
+    /// 404, as for an intent that does not exist), ignored with a secret key.
+    pub client_secret: Option<String>,
+}
+
+/// A vault token to charge, as a browser confirms with it.
+#[derive(Debug, Deserialize, Object)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[oai(rename_all = "camelCase")]
+pub struct TokenPaymentMethod {
+    #[serde(rename = "type")]
+    #[oai(rename = "type")]
+    pub method_type: PaymentMethodType,
+    /// A `tok_...` from `POST /vault/tokens`.
+    pub token: String,
 }
 
 #[derive(Debug, Default, Deserialize, Object)]
@@ -153,6 +171,8 @@ pub enum ListResponse {
 
 /// Errors of a POST on one intent: it may not exist, or its state may not allow the call.
 const ON_INTENT: u32 = WRITE | NOT_FOUND | CONFLICT;
+/// Confirming may also reach the vault, to use a token.
+const CONFIRM: u32 = ON_INTENT | UNAVAILABLE;
 
 const MAX_TEXT: usize = 1000;
 
@@ -282,6 +302,45 @@ async fn load(state: &AppState, auth: &AuthContext, id: &str) -> Result<PaymentI
         .ok_or_else(|| ApiError::not_found("payment_intent", id))
 }
 
+/// For a publishable key's client-side call: the intent, only when `client_secret` is its
+/// secret. A missing or wrong secret (or another intent's, or another merchant's key) is the
+/// same 404 as an intent that does not exist, and counts against the caller's limit. A secret
+/// key passes through: its calls are checked by role alone.
+async fn check_client_secret(
+    state: &AppState,
+    auth: &AuthContext,
+    id: &str,
+    client_secret: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(call) = &auth.client else {
+        return Ok(());
+    };
+    let secrets = crate::client_side::secrets(state);
+    let found = match client_secret {
+        Some(presented) => load(state, auth, id)
+            .await
+            .ok()
+            .filter(|pi| secrets.verify(&auth.merchant_id, &pi.id, presented)),
+        None => None,
+    };
+    if found.is_none() {
+        call.failed();
+        return Err(ApiError::not_found("payment_intent", id));
+    }
+    Ok(())
+}
+
+/// The intent as `auth` may see it: a publishable key gets no metadata (the merchant's own
+/// data, not the shopper's), and nobody gets `clientSecret` here (the guard adds it for secret
+/// keys, so a stored idempotent copy never holds it).
+fn shown(auth: &AuthContext, intent: &PaymentIntent) -> PaymentIntentView {
+    let mut view = intent.view();
+    if auth.client.is_some() {
+        view.metadata = BTreeMap::new();
+    }
+    view
+}
+
 /// Reads the intent again inside the transaction, locked, so the state machine decides on the
 /// row as it is now rather than as it was when the request started.
 async fn lock(
@@ -346,11 +405,12 @@ async fn start_confirm(
 /// Serializes the view, stores it for the Idempotency-Key in `tx`, commits, and answers.
 async fn finish(
     req: &Request,
+    auth: &AuthContext,
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     status: StatusCode,
     intent: &PaymentIntent,
 ) -> Result<PaymentIntentView, ApiError> {
-    let view = intent.view();
+    let view = shown(auth, intent);
     let body = serde_json::to_vec(&view).map_err(|e| ApiError::internal(&e))?;
     idempotency::complete(req, &mut tx, status, &body).await?;
     tx.commit().await?;
@@ -456,7 +516,7 @@ impl PaymentIntentsApi {
             (true, Some(pm)) => start_confirm(&mut tx, intent, &auth, pm, return_url).await?,
             _ => intent,
         };
-        let view = finish(req, tx, StatusCode::CREATED, &intent).await?;
+        let view = finish(req, &auth, tx, StatusCode::CREATED, &intent).await?;
         Ok(CreatedResponse::Created(SerdeJson(view)))
     }
 
@@ -467,9 +527,15 @@ impl PaymentIntentsApi {
         auth: MerchantKey,
         state: poem::web::Data<&AppState>,
         id: Path<String>,
+        /// The intent's client secret: required with a publishable key (then the answer has
+        /// no `metadata`); a wrong or missing one is 404. Ignored with a secret key.
+        #[oai(name = "clientSecret")]
+        client_secret: Query<Option<String>>,
     ) -> Result<IntentResponse, Errors<{ READ | NOT_FOUND }>> {
-        let intent = load(&state, &auth.0, &id.0).await?;
-        Ok(IntentResponse::Ok(SerdeJson(intent.view())))
+        let auth = auth.0;
+        check_client_secret(&state, &auth, &id.0, client_secret.0.as_deref()).await?;
+        let intent = load(&state, &auth, &id.0).await?;
+        Ok(IntentResponse::Ok(SerdeJson(shown(&auth, &intent))))
     }
 
     /// List payment intents, newest first.
@@ -522,6 +588,10 @@ impl PaymentIntentsApi {
     }
 
     /// Confirm a payment intent: it moves to `processing` and the confirm worker finishes it.
+    ///
+    /// With a publishable key (from the browser) `clientSecret` is required, and the payment
+    /// method is a `paymentMethod` token, a test method, or a stored method of the intent's
+    /// customer.
     #[oai(path = "/payment-intents/:id/confirm", method = "post")]
     async fn confirm(
         &self,
@@ -534,14 +604,51 @@ impl PaymentIntentsApi {
         #[oai(name = "Idempotency-Key")]
         _idempotency_key: Header<Option<String>>,
         body: JsonBody<ConfirmPaymentIntent>,
-    ) -> Result<AcceptedResponse, Errors<ON_INTENT>> {
+    ) -> Result<AcceptedResponse, Errors<CONFIRM>> {
         let auth = auth.0;
         let b = body.0;
+        check_client_secret(&state, &auth, &id.0, b.client_secret.as_deref()).await?;
         let currency = b.currency.as_deref().map(Currency::parse).transpose()?;
         let return_url = parse_return_url(b.return_url)?;
-        let requested_pm = parse_payment_method(b.payment_method_id)?;
+        let mut requested_pm = parse_payment_method(b.payment_method_id)?;
+        let from_token = match b.payment_method {
+            Some(_) if requested_pm.is_some() => {
+                return Err(ApiError::invalid(
+                    "parameter_invalid",
+                    "Pass `paymentMethodId` or `paymentMethod`, not both",
+                )
+                .with_param("paymentMethod")
+                .into());
+            }
+            Some(token) => {
+                // Confirmable first, so a token is not used up on an intent that cannot use it.
+                let intent = load(&state, &auth, &id.0).await?;
+                intent.status.confirmable()?;
+                // The vault's client is the application's data, as for `POST /payment-methods`.
+                let no_vault = super::payment_methods::Vault(None);
+                let vault = req
+                    .data::<super::payment_methods::Vault>()
+                    .unwrap_or(&no_vault);
+                let pm = super::payment_methods::from_token(
+                    vault,
+                    &auth,
+                    token.method_type,
+                    &token.token,
+                    &intent.customer_id,
+                )
+                .await?;
+                requested_pm = Some(pm.id.clone());
+                Some(pm)
+            }
+            None => None,
+        };
 
         let mut tx = idempotency::begin(req, &state.pool).await?;
+        if let Some(pm) = &from_token {
+            paystream_shared::store::payment_methods::insert(&mut tx, pm, &auth.actor())
+                .await
+                .map_err(ApiError::from)?;
+        }
         let intent = lock(&mut tx, &auth, &id.0).await?;
         if let Some(c) = currency {
             if c != intent.currency {
@@ -566,7 +673,29 @@ impl PaymentIntentsApi {
             .into());
         };
         // Checked again even when the intent already names it: it may have been detached since.
-        let usable = resolve_payment_method(&state.pool, &auth, pm).await?;
+        let usable = match &from_token {
+            Some(stored) => UsableMethod {
+                bank_account: stored.method_type == PaymentMethodType::BankAccount,
+                may_need_3ds: stored.method_type == PaymentMethodType::Card,
+                id: pm,
+            },
+            None => resolve_payment_method(&state.pool, &auth, pm).await?,
+        };
+        if auth.client.is_some() && from_token.is_none() && !is_test_payment_method(&usable.id) {
+            // From the browser, only a method of this intent's own customer: a shopper must
+            // not charge a card the merchant stored for someone else.
+            let stored = paystream_shared::store::payment_methods::get(
+                &state.pool,
+                &auth.merchant_id,
+                &usable.id,
+            )
+            .await
+            .map_err(ApiError::from)?;
+            if stored.is_none_or(|m| m.customer_id.as_deref() != Some(intent.customer_id.as_str()))
+            {
+                return Err(no_such_method(&usable.id).into());
+            }
+        }
         check_capture_method(&usable, intent.capture_method)?;
         require_return_url_for(
             &usable,
@@ -574,7 +703,7 @@ impl PaymentIntentsApi {
         )?;
         let pm = usable.id;
         let intent = start_confirm(&mut tx, intent, &auth, pm, return_url).await?;
-        let view = finish(req, tx, StatusCode::ACCEPTED, &intent).await?;
+        let view = finish(req, &auth, tx, StatusCode::ACCEPTED, &intent).await?;
         Ok(AcceptedResponse::Accepted(SerdeJson(view)))
     }
 
@@ -650,7 +779,7 @@ impl PaymentIntentsApi {
         outbox::enqueue(&mut tx, command.subject(), &command.to_json())
             .await
             .map_err(ApiError::from)?;
-        let view = finish(req, tx, StatusCode::ACCEPTED, &intent).await?;
+        let view = finish(req, &auth, tx, StatusCode::ACCEPTED, &intent).await?;
         Ok(AcceptedResponse::Accepted(SerdeJson(view)))
     }
 
@@ -693,7 +822,7 @@ impl PaymentIntentsApi {
         )
         .await
         .map_err(ApiError::from)?;
-        let view = finish(req, tx, StatusCode::OK, &intent).await?;
+        let view = finish(req, &auth, tx, StatusCode::OK, &intent).await?;
         Ok(IntentResponse::Ok(SerdeJson(view)))
     }
 }

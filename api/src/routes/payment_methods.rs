@@ -133,6 +133,40 @@ fn vault_refusal(status: u16, body: &serde_json::Value) -> ApiError {
     }
 }
 
+/// Consumes a vault token of `auth`'s merchant and makes it a payment method of `customer_id`
+/// (not yet stored): what `POST /payment-methods` and a confirm with `paymentMethod` share.
+pub(crate) async fn from_token(
+    vault: &Vault,
+    auth: &AuthContext,
+    method_type: PaymentMethodType,
+    token: &str,
+    customer_id: &str,
+) -> Result<PaymentMethod, ApiError> {
+    let token = parse_token(token)?;
+    let Some(client) = vault.0.as_ref() else {
+        return Err(ApiError::unavailable(
+            "The vault is not configured here (PAYSTREAM_VAULT_SERVICE_TOKEN is unset)",
+        ));
+    };
+    let consumed = client
+        .consume(token, &auth.merchant_id, Some(method_type.as_str()))
+        .await
+        .map_err(|e| vault_unavailable(&e))?
+        .map_err(|(status, body)| vault_refusal(status, &body))?;
+    PaymentMethod::from_vault(
+        IdKind::PaymentMethod.generate(),
+        &auth.merchant_id,
+        customer_id,
+        &consumed,
+        paystream_shared::domain::now(),
+    )
+    .ok_or_else(|| {
+        ApiError::internal(&std::io::Error::other(
+            "the vault's consume answer lacks type, vaultRef or display fields",
+        ))
+    })
+}
+
 async fn load(state: &AppState, auth: &AuthContext, id: &str) -> Result<PaymentMethod, ApiError> {
     if IdKind::PaymentMethod.parse(id, "id").is_err() {
         return Err(ApiError::not_found("payment_method", id));
@@ -176,30 +210,7 @@ impl PaymentMethodsApi {
             .with_param("customerId")
             .into());
         }
-        let token = parse_token(&b.token)?;
-        let Some(client) = vault.0 .0.as_ref() else {
-            return Err(ApiError::unavailable(
-                "The vault is not configured here (PAYSTREAM_VAULT_SERVICE_TOKEN is unset)",
-            )
-            .into());
-        };
-        let consumed = client
-            .consume(token, &auth.merchant_id, Some(b.method_type.as_str()))
-            .await
-            .map_err(|e| vault_unavailable(&e))?
-            .map_err(|(status, body)| vault_refusal(status, &body))?;
-        let pm = PaymentMethod::from_vault(
-            IdKind::PaymentMethod.generate(),
-            &auth.merchant_id,
-            &customer_id,
-            &consumed,
-            paystream_shared::domain::now(),
-        )
-        .ok_or_else(|| {
-            ApiError::internal(&std::io::Error::other(
-                "the vault's consume answer lacks type, vaultRef or display fields",
-            ))
-        })?;
+        let pm = from_token(vault.0, &auth, b.method_type, &b.token, &customer_id).await?;
         let mut tx = state.pool.begin().await?;
         store::insert(&mut tx, &pm, &auth.actor()).await?;
         let view = pm.view();

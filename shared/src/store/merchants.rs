@@ -86,6 +86,8 @@ pub struct KeyOwner {
     pub key_id: String,
     pub merchant_id: String,
     pub role: Role,
+    /// The browser origins this key may be used from (CORS); empty for none.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -307,14 +309,14 @@ pub async fn authenticate_with_expiry<'e>(
     db: impl PgExecutor<'e>,
     key_hash: &[u8],
 ) -> Result<Option<(KeyOwner, Option<DateTime<Utc>>)>, StoreError> {
-    let row: Option<(String, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT id, merchant_id, role, expires_at FROM api_keys
+    let row: Option<(String, String, String, Option<DateTime<Utc>>, Vec<String>)> = sqlx::query_as(
+        "SELECT id, merchant_id, role, expires_at, allowed_origins FROM api_keys
          WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
     )
     .bind(key_hash)
     .fetch_optional(db)
     .await?;
-    row.map(|(key_id, merchant_id, role, expires_at)| {
+    row.map(|(key_id, merchant_id, role, expires_at, allowed_origins)| {
         let role = Role::parse(&role).map_err(|e| StoreError::Corrupt {
             id: key_id.clone(),
             reason: e.message,
@@ -324,11 +326,69 @@ pub async fn authenticate_with_expiry<'e>(
                 key_id,
                 merchant_id,
                 role,
+                allowed_origins,
             },
             expires_at,
         ))
     })
     .transpose()
+}
+
+/// Sets the browser origins `key_id` may be used from (each already parsed by
+/// [`parse_origin`]); false when there is no such key.
+pub async fn set_allowed_origins<'e>(
+    db: impl PgExecutor<'e>,
+    key_id: &str,
+    origins: &[String],
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE api_keys SET allowed_origins = $2 WHERE id = $1")
+        .bind(key_id)
+        .bind(origins)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether any live publishable key allows `origin`: what a CORS preflight, which carries no
+/// key, is answered by. The actual request is then checked against its own key's origins.
+pub async fn origin_allowed_for_some_key<'e>(
+    db: impl PgExecutor<'e>,
+    origin: &str,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM api_keys
+          WHERE role = 'publishable' AND $1 = ANY (allowed_origins)
+            AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()))",
+    )
+    .bind(origin)
+    .fetch_one(db)
+    .await?)
+}
+
+/// A browser origin as `Origin` headers spell it: `https://host[:port]` or `http://host[:port]`,
+/// lowercase, with no path, query or trailing slash, so it compares equal to what browsers send.
+pub fn parse_origin(raw: &str) -> Result<String, DomainError> {
+    let origin = raw.trim().to_ascii_lowercase();
+    let invalid = || {
+        DomainError::new(
+            "parameter_invalid",
+            Some("origin".into()),
+            "an origin is scheme://host[:port], as https://shop.example, with no path",
+        )
+    };
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(invalid)?;
+    let host_ok = !rest.is_empty()
+        && rest.len() <= 253
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if !host_ok {
+        return Err(invalid());
+    }
+    Ok(origin)
 }
 
 pub async fn list_keys<'e>(db: impl PgExecutor<'e>) -> Result<Vec<KeyInfo>, StoreError> {

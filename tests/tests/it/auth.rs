@@ -174,7 +174,7 @@ async fn a_key_over_its_rate_gets_429_with_retry_after_and_recovers() {
 }
 
 #[tokio::test]
-async fn publishable_keys_are_refused_by_every_api_route() {
+async fn publishable_keys_are_refused_by_every_api_route_but_the_client_side_calls() {
     let app = spawn_app().await;
     let pi = app.create_intent(json!({})).await;
     let mut conn = app.pool.acquire().await.unwrap();
@@ -184,8 +184,18 @@ async fn publishable_keys_are_refused_by_every_api_route() {
     let secret = pk.secret.expose().clone();
     assert!(secret.starts_with("pk_"), "a publishable key is a pk_ key");
     let id = pi["id"].as_str().unwrap();
+    // The client-side read needs the intent's client secret: without one it is a 404.
+    let r = app
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/payment-intents/{id}"),
+            Some(&secret),
+            None,
+            None,
+        )
+        .await;
+    r.assert_error(404, "resource_missing");
     for (method, path) in [
-        (reqwest::Method::GET, format!("/api/payment-intents/{id}")),
         (reqwest::Method::GET, "/api/payment-intents".to_owned()),
         (reqwest::Method::POST, "/api/payment-intents".to_owned()),
         (

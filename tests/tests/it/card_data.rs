@@ -38,7 +38,7 @@ impl std::io::Write for LogBuffer {
 }
 
 /// Every row of every table of every schema, as text, with its table's name.
-async fn dump_every_table(app: &TestApp) -> Vec<(String, String)> {
+pub(crate) async fn dump_every_table(app: &TestApp) -> Vec<(String, String)> {
     let tables: Vec<(String, String)> = sqlx::query_as(
         "SELECT table_schema::text, table_name::text FROM information_schema.tables \
          WHERE table_type = 'BASE TABLE' \

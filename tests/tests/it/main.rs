@@ -9,6 +9,7 @@ mod browser;
 mod card_data;
 mod chaos;
 mod cluster;
+mod client_secret;
 mod deadlines;
 mod disputes;
 mod idempotency;
