@@ -600,6 +600,149 @@ async fn a_killed_webhook_worker_loses_no_delivery() {
     }
 }
 
+/// Many deliveries in flight in one process, batched claims and records, and the process
+/// SIGKILLed in the middle: every (event, subscription) still arrives, and the only ones an
+/// endpoint sees twice are those whose attempt was claimed and never recorded when the
+/// process died (its `abandoned` attempt says so).
+#[tokio::test]
+async fn a_webhook_worker_killed_mid_batch_duplicates_only_what_was_in_flight() {
+    let app = spawn_app().await;
+    let sink = Sink::start().await;
+    let paths = ["/b0", "/b1", "/b2", "/b3"];
+    let mut secrets = std::collections::HashMap::new();
+    let mut path_of = std::collections::HashMap::new();
+    for path in paths {
+        // Slow enough answers that the kill finds a batch of attempts in flight.
+        sink.default_answer(
+            path,
+            Answer {
+                status: 200,
+                retry_after: None,
+                delay: Duration::from_millis(400),
+            },
+        );
+        let sub = app
+            .subscribe(&sink.url(path), &["payment_intent.created"])
+            .await;
+        secrets.insert(path, sub["secret"].as_str().unwrap().to_owned());
+        path_of.insert(sub["id"].as_str().unwrap().to_owned(), path);
+    }
+    let dir = std::env::temp_dir();
+    let log1 = dir.join(format!("{}-webhook-batch-1.log", app.prefix));
+    let log2 = dir.join(format!("{}-webhook-batch-2.log", app.prefix));
+    let mut victim = app.spawn_webhook_worker_process(&log1);
+    for _ in 0..60 {
+        app.create_intent(json!({})).await;
+    }
+    let in_flight = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_delivery_attempts WHERE outcome = 'in_flight'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        n
+    };
+    eventually(WAIT, "some delivered and many in flight", || async {
+        (!sink.received().is_empty() && in_flight().await >= 20).then_some(())
+    })
+    .await;
+    std::process::Command::new("kill")
+        .args(["-KILL", &victim.id().to_string()])
+        .status()
+        .unwrap();
+    victim.wait().unwrap();
+    // What the dead process left claimed and unrecorded: the most the endpoints may see twice.
+    let left_in_flight: Vec<(String, String)> = sqlx::query_as(
+        "SELECT d.event_id, d.subscription_id FROM webhook_delivery_attempts a
+         JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE a.outcome = 'in_flight'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        !left_in_flight.is_empty(),
+        "the kill landed between batches"
+    );
+    let mut replacement = app.spawn_webhook_worker_process(&log2);
+
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM events WHERE type = 'payment_intent.created' ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(events.len(), 60);
+    eventually(
+        Duration::from_secs(90),
+        "every delivery recorded",
+        || async {
+            let unfinished: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM webhook_deliveries WHERE status <> 'succeeded'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            let total: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+            (unfinished == 0 && total == 240).then_some(())
+        },
+    )
+    .await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &replacement.id().to_string()])
+        .status()
+        .unwrap();
+    replacement.wait().unwrap();
+
+    // None lost: every event reached every endpoint, each copy signed with its secret.
+    let mut seen: std::collections::HashMap<(&str, String), usize> =
+        std::collections::HashMap::new();
+    for path in paths {
+        for r in sink.received_on(path) {
+            assert!(r.verifies_with(&secrets[path]), "bad signature on {path}");
+            *seen
+                .entry((path, r.header("webhook-id").to_owned()))
+                .or_default() += 1;
+        }
+    }
+    for path in paths {
+        for e in &events {
+            assert!(
+                seen.contains_key(&(path, e.clone())),
+                "{e} never reached {path}"
+            );
+        }
+    }
+    // Duplicated only what the victim had in flight, each at most once more.
+    let allowed: std::collections::HashSet<(&str, String)> = left_in_flight
+        .iter()
+        .map(|(event, sub)| (path_of[sub.as_str()], event.clone()))
+        .collect();
+    for (pair, n) in &seen {
+        if *n > 1 {
+            assert!(
+                allowed.contains(pair),
+                "{pair:?} arrived {n} times but was not in flight"
+            );
+            assert_eq!(*n, 2, "{pair:?}");
+        }
+    }
+    // The attempts the victim never recorded are marked abandoned, one per unrecorded claim.
+    let abandoned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_delivery_attempts WHERE outcome = 'abandoned'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(abandoned, i64::try_from(left_in_flight.len()).unwrap());
+    for log in [&log1, &log2] {
+        let _ = std::fs::remove_file(log);
+    }
+}
+
 #[tokio::test]
 async fn subscription_api_validates_and_never_lists_secrets() {
     let app = spawn_app().await;
