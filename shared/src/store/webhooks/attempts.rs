@@ -7,27 +7,6 @@ use sqlx::PgExecutor;
 use crate::domain::webhook::DeliveryStatus;
 use crate::store::StoreError;
 
-/// Claims the next attempt before the HTTP call, so a worker that dies during the call has
-/// still used it up: the count in the row is exact whatever happens to the process. An
-/// attempt a dead worker left `in_flight` is marked `abandoned`. Returns the attempt number,
-/// or `None` if another copy of the command claimed it first (or the row moved on).
-pub async fn claim_attempt<'e>(
-    db: impl PgExecutor<'e>,
-    delivery_id: &str,
-    cycle: i32,
-    attempt_before: i32,
-) -> Result<Option<i32>, StoreError> {
-    let claim = Claim {
-        delivery_id: delivery_id.to_owned(),
-        cycle,
-        attempt_before,
-    };
-    Ok(claim_attempts(db, std::slice::from_ref(&claim))
-        .await?
-        .pop()
-        .flatten())
-}
-
 /// One attempt to claim: the delivery, and the cycle and attempt count its worker read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
@@ -36,9 +15,12 @@ pub struct Claim {
     pub attempt_before: i32,
 }
 
-/// [`claim_attempt`] for many deliveries in one statement. Answers one entry per claim, in
-/// order: the attempt number, or `None` where the claim lost. When one delivery is claimed
-/// twice in a batch (two copies of its command), only the first claim can win.
+/// Claims the next attempt of many deliveries in one statement, before their HTTP calls, so a
+/// worker that dies during a call has still used it up: the count in the row is exact
+/// whatever happens to the process. An attempt a dead worker left `in_flight` is marked
+/// `abandoned`. Answers one entry per claim, in order: the attempt number, or `None` where
+/// another copy of the command claimed it first (or the row moved on). When one delivery is
+/// claimed twice in a batch (two copies of its command), only the first claim can win.
 pub async fn claim_attempts<'e>(
     db: impl PgExecutor<'e>,
     claims: &[Claim],
@@ -107,28 +89,6 @@ impl AttemptRecord {
     }
 }
 
-/// Records an attempt's result on its attempt row and on the delivery, guarded on the cycle
-/// and attempt it claimed. Returns `false` when a redelivery started a new cycle meanwhile
-/// (the attempt is still recorded; the delivery row belongs to the new cycle).
-pub async fn record_attempt<'e>(
-    db: impl PgExecutor<'e>,
-    delivery_id: &str,
-    cycle: i32,
-    attempt: i32,
-    record: &AttemptRecord,
-) -> Result<bool, StoreError> {
-    let one = Recorded {
-        delivery_id: delivery_id.to_owned(),
-        cycle,
-        attempt,
-        record: record.clone(),
-    };
-    Ok(record_attempts(db, std::slice::from_ref(&one))
-        .await?
-        .pop()
-        .unwrap_or(false))
-}
-
 /// One claimed attempt and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
@@ -138,7 +98,10 @@ pub struct Recorded {
     pub record: AttemptRecord,
 }
 
-/// [`record_attempt`] for many attempts in one statement; one answer per attempt, in order.
+/// Records many attempts' results, each on its attempt row and on its delivery, in one
+/// statement, guarded on the cycle and attempt each claimed. One answer per attempt, in order:
+/// `false` when a redelivery started a new cycle meanwhile (the attempt is still recorded; the
+/// delivery row belongs to the new cycle).
 pub async fn record_attempts<'e>(
     db: impl PgExecutor<'e>,
     attempts: &[Recorded],

@@ -310,13 +310,6 @@ impl DeliveryWork {
     }
 }
 
-pub async fn load_work<'e>(
-    db: impl PgExecutor<'e>,
-    delivery_id: &str,
-) -> Result<Option<DeliveryWork>, StoreError> {
-    Ok(load_work_many(db, &[delivery_id.to_owned()]).await?.pop())
-}
-
 /// [`DeliveryWork`] of many deliveries in one query, in no particular order; ids that name no
 /// delivery are missing from the answer.
 pub async fn load_work_many<'e>(
