@@ -49,6 +49,12 @@ pub struct BenchWebhooksArgs {
     pub timeout_secs: u64,
     #[arg(long)]
     pub json: bool,
+    /// Also write the report, deliveries over time and the latency histogram as JSON here.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Draw deliveries per second over time and the latency distribution as SVG here.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// One delivery the sink received.
@@ -126,6 +132,122 @@ pub struct Report {
     /// Deliveries received per second, first creation to last receipt.
     pub deliveries_per_sec: f64,
     pub latency_ms: Percentiles,
+}
+
+/// Receipts over time and the latency distribution, for `--out` and `--plot`.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Shape {
+    /// The width of one step of `deliveries_per_sec`, from the first event's `createdAt`.
+    pub step_ms: u64,
+    pub deliveries_per_sec: Vec<f64>,
+    /// The width of one bin of `latency_counts`, from 0.
+    pub bin_ms: u64,
+    /// Deliveries whose event -> receipt latency fell in each bin.
+    pub latency_counts: Vec<u64>,
+}
+
+/// How many latency bins the histogram has.
+const LATENCY_BINS: u64 = 50;
+
+impl Shape {
+    /// From each receipt's offset after the first event's `createdAt` and its latency, both in
+    /// microseconds.
+    #[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
+    pub fn of(offsets_us: &[u64], latencies_us: &[u64], step_ms: u64) -> Shape {
+        let step_us = step_ms.max(1) * 1000;
+        let steps = offsets_us.iter().max().map_or(0, |m| m / step_us + 1);
+        let mut per_step = vec![0u64; usize::try_from(steps).unwrap_or(0)];
+        for o in offsets_us {
+            if let Some(slot) = per_step.get_mut(usize::try_from(o / step_us).unwrap_or(usize::MAX))
+            {
+                *slot += 1;
+            }
+        }
+        let max_ms = latencies_us.iter().max().map_or(0, |m| m / 1000);
+        let bin_ms = (max_ms / LATENCY_BINS + 1).max(1);
+        let mut latency_counts = vec![0u64; usize::try_from(max_ms / bin_ms + 1).unwrap_or(0)];
+        for l in latencies_us {
+            if let Some(slot) =
+                latency_counts.get_mut(usize::try_from(l / 1000 / bin_ms).unwrap_or(usize::MAX))
+            {
+                *slot += 1;
+            }
+        }
+        if latencies_us.is_empty() {
+            latency_counts.clear();
+        }
+        let per_sec = 1000.0 / step_ms.max(1) as f64;
+        Shape {
+            step_ms: step_ms.max(1),
+            deliveries_per_sec: per_step.into_iter().map(|n| n as f64 * per_sec).collect(),
+            bin_ms,
+            latency_counts,
+        }
+    }
+}
+
+/// Two charts in one SVG: deliveries per second over time, and how many deliveries took how
+/// long from their event's `createdAt` to the sink.
+#[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
+pub fn plot(path: &std::path::Path, report: &Report, shape: &Shape) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (900, 700)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(350);
+    let step_s = shape.step_ms as f64 / 1000.0;
+    let seconds = shape.deliveries_per_sec.len() as f64 * step_s;
+    let peak = shape.deliveries_per_sec.iter().copied().fold(0.0, f64::max);
+    let mut chart = ChartBuilder::on(&top)
+        .caption(
+            format!(
+                "webhook deliveries/s ({} subscriptions, {:.0}/s overall)",
+                report.subscriptions, report.deliveries_per_sec
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..seconds.max(step_s), 0.0..(peak * 1.1).max(1.0))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds after the first event")
+        .y_desc("deliveries/s")
+        .draw()?;
+    chart.draw_series(LineSeries::new(
+        shape
+            .deliveries_per_sec
+            .iter()
+            .enumerate()
+            .map(|(n, v)| (n as f64 * step_s, *v)),
+        &BLUE,
+    ))?;
+    let bin = shape.bin_ms;
+    let bins = shape.latency_counts.len() as u64;
+    let most = shape.latency_counts.iter().copied().max().unwrap_or(0);
+    let mut hist = ChartBuilder::on(&bottom)
+        .caption(
+            format!(
+                "event createdAt -> received (p50 {:.0} ms, p99 {:.0} ms)",
+                report.latency_ms.p50, report.latency_ms.p99
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0u64..(bins * bin).max(1), 0u64..(most + most / 10 + 1))?;
+    hist.configure_mesh()
+        .x_desc("milliseconds")
+        .y_desc("deliveries")
+        .draw()?;
+    hist.draw_series(shape.latency_counts.iter().enumerate().map(|(n, c)| {
+        let x = n as u64 * bin;
+        Rectangle::new([(x, 0), (x + bin, *c)], BLUE.mix(0.6).filled())
+    }))?;
+    root.present()?;
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]
@@ -286,6 +408,14 @@ pub async fn run(config: &Config, args: BenchWebhooksArgs) -> anyhow::Result<Exi
     let _ = server.await;
 
     let hits = state.hits.lock().unwrap_or_else(|p| p.into_inner());
+    let first_created = hits.values().filter_map(|h| h.created_at).min();
+    let offsets: Vec<u64> = match first_created {
+        Some(first) => hits
+            .values()
+            .map(|h| u64::try_from((h.at - first).num_microseconds().unwrap_or(0)).unwrap_or(0))
+            .collect(),
+        None => Vec::new(),
+    };
     let last_receipt = hits.values().map(|h| h.at).max();
     let latencies: Vec<u64> = hits
         .values()
@@ -314,8 +444,17 @@ pub async fn run(config: &Config, args: BenchWebhooksArgs) -> anyhow::Result<Exi
         invalid_signatures: invalid,
         events_per_sec: created as f64 / created_in.as_secs_f64().max(1e-9),
         deliveries_per_sec: received as f64 / window.as_secs_f64().max(1e-9),
-        latency_ms: Percentiles::from_micros(Summary::of(latencies)),
+        latency_ms: Percentiles::from_micros(Summary::of(latencies.clone())),
     };
+    let shape = Shape::of(&offsets, &latencies, 250);
+    if let Some(path) = &args.out {
+        let doc = serde_json::json!({"report": &report, "shape": &shape});
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        plot(path, &report, &shape).with_context(|| format!("drawing {}", path.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -359,5 +498,43 @@ mod tests {
         assert_eq!(none.max, 0.0);
         assert_eq!(api_url("127.0.0.1:8080/"), "http://127.0.0.1:8080");
         assert_eq!(api_url("https://x"), "https://x");
+    }
+
+    #[test]
+    fn shape_counts_every_receipt_once_and_plots() {
+        // Receipts at 0.1 s and 0.2 s (the first 250 ms step), 0.3 s and 0.6 s; latencies 1..=4 ms.
+        let s = Shape::of(
+            &[100_000, 200_000, 300_000, 600_000],
+            &[1000, 2000, 3000, 4000],
+            250,
+        );
+        assert_eq!(s.deliveries_per_sec, vec![8.0, 4.0, 4.0]);
+        assert_eq!(s.bin_ms, 1);
+        assert_eq!(s.latency_counts, vec![0, 1, 1, 1, 1]);
+        assert_eq!(s.latency_counts.iter().sum::<u64>(), 4);
+        let wide = Shape::of(&[], &[0, 500_000, 1_000_000], 100);
+        assert!(wide.deliveries_per_sec.is_empty());
+        assert_eq!(wide.bin_ms, 21);
+        assert_eq!(wide.latency_counts.iter().sum::<u64>(), 3);
+        assert!(Shape::of(&[], &[], 0).latency_counts.is_empty());
+
+        let report = Report {
+            events: 1,
+            subscriptions: 1,
+            concurrency: 1,
+            deliveries_expected: 4,
+            deliveries_received: 4,
+            duplicates: 0,
+            invalid_signatures: 0,
+            events_per_sec: 1.0,
+            deliveries_per_sec: 8.0,
+            latency_ms: Percentiles::from_micros(Summary::of(vec![1000, 4000])),
+        };
+        let path = std::env::temp_dir().join(format!("bench-webhooks-{}.svg", std::process::id()));
+        plot(&path, &report, &s).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(svg.starts_with("<svg"), "{}", &svg[..40.min(svg.len())]);
+        assert!(svg.contains("deliveries/s"));
     }
 }

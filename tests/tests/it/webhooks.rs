@@ -600,6 +600,247 @@ async fn a_killed_webhook_worker_loses_no_delivery() {
     }
 }
 
+/// Many deliveries in flight in one process, batched claims and records, and the process
+/// SIGKILLed in the middle: every (event, subscription) still arrives, and the only ones an
+/// endpoint sees twice are those whose attempt was claimed and never recorded when the
+/// process died (its `abandoned` attempt says so).
+#[tokio::test]
+async fn a_webhook_worker_killed_mid_batch_duplicates_only_what_was_in_flight() {
+    let app = spawn_app().await;
+    let sink = Sink::start().await;
+    let paths = ["/b0", "/b1", "/b2", "/b3"];
+    let mut secrets = std::collections::HashMap::new();
+    let mut path_of = std::collections::HashMap::new();
+    for path in paths {
+        // Slow enough answers that the kill finds a batch of attempts in flight.
+        sink.default_answer(
+            path,
+            Answer {
+                status: 200,
+                retry_after: None,
+                delay: Duration::from_millis(800),
+            },
+        );
+        let sub = app
+            .subscribe(&sink.url(path), &["payment_intent.created"])
+            .await;
+        secrets.insert(path, sub["secret"].as_str().unwrap().to_owned());
+        path_of.insert(sub["id"].as_str().unwrap().to_owned(), path);
+    }
+    let dir = std::env::temp_dir();
+    let log1 = dir.join(format!("{}-webhook-batch-1.log", app.prefix));
+    let log2 = dir.join(format!("{}-webhook-batch-2.log", app.prefix));
+    // The events first, so the worker starts with all 240 deliveries to do at once.
+    for _ in 0..60 {
+        app.create_intent(json!({})).await;
+    }
+    let mut victim = app.spawn_webhook_worker_process(&log1);
+    let in_flight = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_delivery_attempts WHERE outcome = 'in_flight'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        n
+    };
+    eventually(WAIT, "some delivered and many in flight", || async {
+        (!sink.received().is_empty() && in_flight().await >= 20).then_some(())
+    })
+    .await;
+    std::process::Command::new("kill")
+        .args(["-KILL", &victim.id().to_string()])
+        .status()
+        .unwrap();
+    victim.wait().unwrap();
+    // What the dead process left claimed and unrecorded: the most the endpoints may see twice.
+    let left_in_flight: Vec<(String, String)> = sqlx::query_as(
+        "SELECT d.event_id, d.subscription_id FROM webhook_delivery_attempts a
+         JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE a.outcome = 'in_flight'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        !left_in_flight.is_empty(),
+        "the kill landed between batches"
+    );
+    let mut replacement = app.spawn_webhook_worker_process(&log2);
+
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM events WHERE type = 'payment_intent.created' ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(events.len(), 60);
+    eventually(
+        Duration::from_secs(90),
+        "every delivery recorded",
+        || async {
+            let unfinished: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM webhook_deliveries WHERE status <> 'succeeded'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            let total: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+            (unfinished == 0 && total == 240).then_some(())
+        },
+    )
+    .await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &replacement.id().to_string()])
+        .status()
+        .unwrap();
+    replacement.wait().unwrap();
+
+    // None lost: every event reached every endpoint, each copy signed with its secret.
+    let mut seen: std::collections::HashMap<(&str, String), usize> =
+        std::collections::HashMap::new();
+    for path in paths {
+        for r in sink.received_on(path) {
+            assert!(r.verifies_with(&secrets[path]), "bad signature on {path}");
+            *seen
+                .entry((path, r.header("webhook-id").to_owned()))
+                .or_default() += 1;
+        }
+    }
+    for path in paths {
+        for e in &events {
+            assert!(
+                seen.contains_key(&(path, e.clone())),
+                "{e} never reached {path}"
+            );
+        }
+    }
+    // Duplicated only what the victim had in flight, each at most once more. (An attempt that
+    // timed out on this loaded machine and was retried may also arrive twice; it says so in
+    // its attempt rows.)
+    let retried: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT d.event_id, d.subscription_id FROM webhook_delivery_attempts a
+         JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE a.outcome = 'retry'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let allowed: std::collections::HashSet<(&str, String)> = left_in_flight
+        .iter()
+        .chain(&retried)
+        .map(|(event, sub)| (path_of[sub.as_str()], event.clone()))
+        .collect();
+    for (pair, n) in &seen {
+        if *n > 1 {
+            assert!(
+                allowed.contains(pair),
+                "{pair:?} arrived {n} times but was not in flight"
+            );
+            let was_retried = retried
+                .iter()
+                .any(|(event, sub)| (path_of[sub.as_str()], event) == (pair.0, &pair.1));
+            if !was_retried {
+                assert_eq!(*n, 2, "{pair:?}");
+            }
+        }
+    }
+    // The attempts the victim never recorded are marked abandoned, one per unrecorded claim.
+    let abandoned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_delivery_attempts WHERE outcome = 'abandoned'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(abandoned, i64::try_from(left_in_flight.len()).unwrap());
+    for log in [&log1, &log2] {
+        let _ = std::fs::remove_file(log);
+    }
+}
+
+/// Events fanned out in one batch: one missing from `events` fails the batch's statement,
+/// then each event is fanned out alone, so only the missing one is dead-lettered; a second
+/// pass over the same events creates nothing.
+#[tokio::test]
+async fn a_fan_out_batch_with_a_missing_event_dead_letters_only_that_one() {
+    use paystream_nats::consumer::{DeliveryInfo, Handler, Outcome};
+    use paystream_shared::outbox::EventEnvelope;
+
+    let app = spawn_app().await;
+    let sink = Sink::start().await;
+    app.subscribe(&sink.url("/f"), &["payment_intent.created"])
+        .await;
+    app.subscribe(&sink.url("/g"), &["*"]).await;
+    for _ in 0..3 {
+        app.create_intent(json!({})).await;
+    }
+    let rows: Vec<(String, String, String, chrono::DateTime<chrono::Utc>, Value)> = sqlx::query_as(
+        "SELECT id, type, merchant_id, created_at, data FROM events
+             WHERE type = 'payment_intent.created' ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 3);
+    let mut events: Vec<EventEnvelope> = rows
+        .into_iter()
+        .map(
+            |(id, event_type, merchant_id, created_at, data)| EventEnvelope {
+                id,
+                event_type,
+                merchant_id,
+                created_at,
+                data,
+            },
+        )
+        .collect();
+    let mut missing = events[0].clone();
+    missing.id = "evt_0123456789abcdef0123456789abcdef".into();
+    events.insert(1, missing.clone());
+    let fanout = wh::fanout::FanOut::with_max_batch(
+        app.pool.clone(),
+        RetrySchedule::new(Duration::from_millis(10), 5),
+        64,
+    );
+    let info = DeliveryInfo {
+        subject: "evt.payment_intent.created".into(),
+        delivered: 1,
+        stream_sequence: 1,
+        message_id: None,
+        last: false,
+    };
+    let deliveries = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        n
+    };
+    for pass in 0..2 {
+        let outcomes =
+            futures::future::join_all(events.iter().map(|e| fanout.handle(e.clone(), &info))).await;
+        for (event, outcome) in events.iter().zip(outcomes) {
+            if event.id == missing.id {
+                assert!(
+                    matches!(&outcome, Outcome::DeadLetter(why) if why.contains("not in the events table")),
+                    "{outcome:?}"
+                );
+            } else {
+                assert!(matches!(outcome, Outcome::Ack), "pass {pass}: {outcome:?}");
+            }
+        }
+        // Three events, two subscriptions each; the second pass adds nothing.
+        assert_eq!(deliveries().await, 6, "pass {pass}");
+    }
+    let commands: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE subject = 'cmd.webhook.deliver'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(commands, 6, "one command per delivery");
+}
+
 #[tokio::test]
 async fn subscription_api_validates_and_never_lists_secrets() {
     let app = spawn_app().await;

@@ -15,6 +15,8 @@
 //! - `failed`, another command: a dead letter replayed by the operator. It starts a new cycle
 //!   with a fresh budget of attempts, and drives it from now on.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -27,12 +29,16 @@ use paystream_shared::domain::webhook::{
     is_forbidden_ip, signature_header, DeliveryStatus, ResponseClass, WebhookSecret, WebhookUrl,
 };
 use paystream_shared::retry::RetrySchedule;
-use paystream_shared::store::webhooks::{self as store, AttemptRecord, DeliveryWork};
+use paystream_shared::store::webhooks::{
+    self as store, AttemptRecord, Claim, DeliveryWork, Recorded,
+};
+use paystream_shared::store::StoreError;
 use paystream_shared::telemetry::scrub;
 use paystream_shared::webhooks::queue::WebhookCommand;
 use paystream_shared::webhooks::secret_box::SecretBox;
 use paystream_shared::webhooks::views::WebhookPayload;
 
+use super::batch::{BatchFn, Coalescer};
 use super::limiter::EndpointLimiter;
 use super::resolver::{BlockedAddress, GuardedResolver};
 use super::WORKER;
@@ -55,10 +61,47 @@ pub struct DeliveryOptions {
     pub per_endpoint: usize,
     /// The nak delay for a delivery whose endpoint is at its bound: between this and twice it.
     pub saturation_delay: Duration,
+    /// The most deliveries one statement loads, claims or records.
+    pub max_batch: usize,
+}
+
+/// Batches of one kind in PostgreSQL at once: one runs while the next fills up.
+const RUNNERS: usize = 2;
+
+/// PostgreSQL's deadlock (40P01) and serialization (40001) failures: two batches touched the
+/// same rows in another order (two copies of one command). Worth one immediate retry.
+fn is_lock_conflict(e: &StoreError) -> bool {
+    matches!(e, StoreError::Db(sqlx::Error::Database(db))
+        if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
+/// A batch function over `pool` from a store function, retried once on a lock conflict.
+fn batch_fn<Q, R, F, Fut>(pool: PgPool, f: F) -> BatchFn<Q, R>
+where
+    Q: Send + Sync + 'static,
+    R: Send + 'static,
+    F: Fn(PgPool, Arc<Vec<Q>>) -> Fut + Send + Sync + Copy + 'static,
+    Fut: std::future::Future<Output = Result<Vec<R>, StoreError>> + Send + 'static,
+{
+    Arc::new(move |requests: Vec<Q>| {
+        let pool = pool.clone();
+        let requests = Arc::new(requests);
+        Box::pin(async move {
+            match f(pool.clone(), requests.clone()).await {
+                Err(e) if is_lock_conflict(&e) => f(pool, requests).await,
+                other => other,
+            }
+            .map_err(|e| e.to_string())
+        })
+    })
 }
 
 pub struct Deliverer {
     pool: PgPool,
+    /// The three statements of every attempt, each shared by all deliveries waiting for it.
+    loads: Coalescer<String, Option<DeliveryWork>>,
+    claims: Coalescer<Claim, Option<i32>>,
+    records: Coalescer<Recorded, bool>,
     http: reqwest::Client,
     secrets: SecretBox,
     schedule: RetrySchedule,
@@ -201,7 +244,38 @@ impl Deliverer {
         schedule: RetrySchedule,
         options: DeliveryOptions,
     ) -> Result<Self, reqwest::Error> {
+        let max = options.max_batch;
+        let loads = Coalescer::start(
+            RUNNERS,
+            max,
+            batch_fn(pool.clone(), |pool, ids: Arc<Vec<String>>| async move {
+                let found: HashMap<String, DeliveryWork> = store::load_work_many(&pool, &ids)
+                    .await?
+                    .into_iter()
+                    .map(|w| (w.id.clone(), w))
+                    .collect();
+                // A delivery asked for twice (two copies of its command) gets its row twice.
+                Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+            }),
+        );
+        let claims = Coalescer::start(
+            RUNNERS,
+            max,
+            batch_fn(pool.clone(), |pool, claims: Arc<Vec<Claim>>| async move {
+                store::claim_attempts(&pool, &claims).await
+            }),
+        );
+        let records = Coalescer::start(
+            RUNNERS,
+            max,
+            batch_fn(pool.clone(), |pool, done: Arc<Vec<Recorded>>| async move {
+                store::record_attempts(&pool, &done).await
+            }),
+        );
         Ok(Self {
+            loads,
+            claims,
+            records,
             http: http_client(&options)?,
             limiter: EndpointLimiter::new(options.per_endpoint),
             pool,
@@ -330,7 +404,7 @@ impl Deliverer {
         let Some(permit) = self.limiter.try_acquire(subscription_id) else {
             return self.saturated();
         };
-        let mut work = match store::load_work(&self.pool, delivery_id).await {
+        let mut work = match self.loads.call(delivery_id.to_owned()).await {
             Ok(Some(w)) => w,
             Ok(None) => {
                 return Outcome::DeadLetter(format!("delivery {delivery_id} does not exist"))
@@ -427,16 +501,20 @@ impl Deliverer {
                 return Outcome::DeadLetter(why);
             }
         };
-        let attempt =
-            match store::claim_attempt(&self.pool, delivery_id, work.cycle, work.attempt).await {
-                Ok(Some(n)) => n,
-                // Another copy of this command claimed it: look again once that attempt is over.
-                Ok(None) => return self.retry_later(delivery),
-                Err(e) => {
-                    tracing::warn!(error = %e, delivery = delivery_id, "cannot claim an attempt");
-                    return self.retry_later(delivery);
-                }
-            };
+        let claim = Claim {
+            delivery_id: delivery_id.to_owned(),
+            cycle: work.cycle,
+            attempt_before: work.attempt,
+        };
+        let attempt = match self.claims.call(claim).await {
+            Ok(Some(n)) => n,
+            // Another copy of this command claimed it: look again once that attempt is over.
+            Ok(None) => return self.retry_later(delivery),
+            Err(e) => {
+                tracing::warn!(error = %e, delivery = delivery_id, "cannot claim an attempt");
+                return self.retry_later(delivery);
+            }
+        };
 
         let started = Instant::now();
         let result = self.send(&work, &secrets).await;
@@ -474,15 +552,13 @@ impl Deliverer {
             duration_ms: millis(elapsed),
             next_retry_at,
         };
-        let applied = match store::record_attempt(
-            &self.pool,
-            delivery_id,
-            work.cycle,
+        let recorded = Recorded {
+            delivery_id: delivery_id.to_owned(),
+            cycle: work.cycle,
             attempt,
-            &record,
-        )
-        .await
-        {
+            record,
+        };
+        let applied = match self.records.call(recorded).await {
             Ok(applied) => applied,
             Err(e) => {
                 // The attempt happened but is not recorded: the command comes back and the

@@ -8,6 +8,7 @@
 //! Both are at-least-once and idempotent: the fan-out by the unique (event, subscription)
 //! key, the delivery by the attempt claimed in its row before each HTTP call.
 
+pub mod batch;
 pub mod delivery;
 pub mod fanout;
 pub mod limiter;
@@ -34,8 +35,12 @@ pub const FANOUT_DURABLE: &str = "webhook-fanout";
 pub const DELIVERY_DURABLE: &str = "webhook-delivery";
 
 /// Deliveries one process has in flight at once. They wait on the network, not the CPU, and
-/// hold no database connection while they wait, so this can be well above the pool size.
-pub const DELIVERY_CONCURRENCY: usize = 256;
+/// hold no database connection while they wait (their statements are batched, see
+/// [`batch`]), so this can be far above the pool size.
+pub const DELIVERY_CONCURRENCY: usize = 512;
+/// The most deliveries one statement loads, claims or records, and events one fan-out
+/// statement takes.
+pub const MAX_BATCH: usize = 256;
 /// In flight per endpoint (subscription) and process: a quarter of the total, so three dead
 /// endpoints timing out together still leave a quarter of the slots to everybody else.
 pub const PER_ENDPOINT: usize = DELIVERY_CONCURRENCY / 4;
@@ -51,8 +56,10 @@ pub const SATURATION_DELAY: Duration = Duration::from_millis(200);
 pub fn fanout_spec() -> ConsumerSpec {
     let mut spec = ConsumerSpec::new(Stream::Events, FANOUT_DURABLE, "evt.>");
     spec.ack_wait = fanout::FANOUT_ACK_WAIT;
-    spec.concurrency = 32;
-    spec.fetch_batch = 64;
+    // Events wait for their batch's statement, not for the network: enough in hand that one
+    // fan-out batch runs while the next fills.
+    spec.concurrency = 256;
+    spec.fetch_batch = 128;
     spec
 }
 
@@ -71,7 +78,7 @@ pub fn delivery_spec(config: &Config) -> ConsumerSpec {
     spec.ack_wait = config.webhook_timeout * 3;
     spec.max_ack_pending = DELIVERY_MAX_ACK_PENDING;
     spec.concurrency = DELIVERY_CONCURRENCY;
-    spec.fetch_batch = 128;
+    spec.fetch_batch = 256;
     spec
 }
 
@@ -81,6 +88,7 @@ pub fn delivery_options(config: &Config) -> DeliveryOptions {
         allow_private: config.webhook_allow_private,
         per_endpoint: PER_ENDPOINT,
         saturation_delay: SATURATION_DELAY,
+        max_batch: MAX_BATCH,
     }
 }
 

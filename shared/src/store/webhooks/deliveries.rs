@@ -130,44 +130,82 @@ impl Planned {
     }
 }
 
-/// The fan-out of one event: one delivery per matching active subscription, each with its
-/// `cmd.webhook.deliver` outbox row, in one statement (so all or none). A delivery that
-/// already exists for an (event, subscription) pair is left alone and gets no second command:
-/// that is what makes a redelivered event harmless. Returns the deliveries created.
+/// The fan-out of one event: [`fan_out_many`] with one event.
 pub async fn fan_out(
     conn: &mut PgConnection,
     event: &EventEnvelope,
 ) -> Result<Vec<String>, StoreError> {
-    let subs = matching_subscriptions(&mut *conn, &event.merchant_id, &event.event_type).await?;
-    if subs.is_empty() {
-        return Ok(Vec::new());
+    let mut created = fan_out_many(conn, std::slice::from_ref(event)).await?;
+    Ok(created.pop().unwrap_or_default())
+}
+
+/// The fan-out of many events in two statements whatever their number: one reads the
+/// matching live, active subscriptions of all of them, one writes every delivery row with
+/// its `cmd.webhook.deliver` outbox row (so all or none). A delivery that already exists for
+/// an (event, subscription) pair is left alone and gets no second command: that is what makes
+/// a redelivered event harmless. Returns the deliveries created, one list per event in
+/// `events`' order. An event named twice is fanned out once (its second list is empty).
+pub async fn fan_out_many(
+    conn: &mut PgConnection,
+    events: &[EventEnvelope],
+) -> Result<Vec<Vec<String>>, StoreError> {
+    let mut out = vec![Vec::new(); events.len()];
+    let mut first_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (n, e) in events.iter().enumerate() {
+        first_of.entry(e.id.as_str()).or_insert(n);
     }
-    let planned: Vec<Planned> = subs.iter().map(|(id, url)| Planned::new(id, url)).collect();
+    let unique: Vec<&EventEnvelope> = first_of.values().map(|&n| &events[n]).collect();
+    let ev_ids: Vec<&str> = unique.iter().map(|e| e.id.as_str()).collect();
+    let ev_merchants: Vec<&str> = unique.iter().map(|e| e.merchant_id.as_str()).collect();
+    let ev_types: Vec<&str> = unique.iter().map(|e| e.event_type.as_str()).collect();
+    let matches: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT e.id, e.merchant_id, s.id, s.url
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS e(id, merchant_id, type)
+         JOIN webhook_subscriptions s ON s.merchant_id = e.merchant_id
+             AND s.active AND s.deleted_at IS NULL
+             AND (e.type = ANY(s.events) OR '*' = ANY(s.events))
+         ORDER BY e.id, s.created_at, s.id",
+    )
+    .bind(&ev_ids)
+    .bind(&ev_merchants)
+    .bind(&ev_types)
+    .fetch_all(&mut *conn)
+    .await?;
+    if matches.is_empty() {
+        return Ok(out);
+    }
+    let planned: Vec<Planned> = matches
+        .iter()
+        .map(|(_, _, sub, url)| Planned::new(sub, url))
+        .collect();
+    let events_col: Vec<&str> = matches.iter().map(|m| m.0.as_str()).collect();
+    let merchants_col: Vec<&str> = matches.iter().map(|m| m.1.as_str()).collect();
     let ids: Vec<&str> = planned.iter().map(|p| p.delivery_id.as_str()).collect();
     let subs: Vec<&str> = planned.iter().map(|p| p.subscription_id.as_str()).collect();
     let urls: Vec<&str> = planned.iter().map(|p| p.url.as_str()).collect();
     let msgs: Vec<Uuid> = planned.iter().map(|p| p.message_id).collect();
     let payloads: Vec<serde_json::Value> =
         planned.iter().map(|p| p.command(&p.delivery_id)).collect();
-    let created: Vec<String> = sqlx::query_scalar(
+    let created: Vec<(String, String)> = sqlx::query_as(
         "WITH input AS (
-             SELECT * FROM UNNEST($3::text[], $4::text[], $5::text[], $6::uuid[], $7::jsonb[])
-                 AS i(id, sub, url, msg, payload)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::uuid[], $7::jsonb[])
+                 AS i(id, merchant, event, sub, url, msg, payload)
          ), inserted AS (
              INSERT INTO webhook_deliveries
                  (id, merchant_id, event_id, subscription_id, url, status, cycle_message_id)
-             SELECT id, $1, $2, sub, url, 'pending', msg::text FROM input
+             SELECT id, merchant, event, sub, url, 'pending', msg::text FROM input
              ON CONFLICT (event_id, subscription_id) DO NOTHING
-             RETURNING id
+             RETURNING id, event_id
          ), queued AS (
              INSERT INTO outbox (id, subject, payload)
              SELECT i.msg, $8, i.payload FROM input i JOIN inserted USING (id)
          )
-         SELECT id FROM inserted",
+         SELECT event_id, id FROM inserted",
     )
-    .bind(&event.merchant_id)
-    .bind(&event.id)
     .bind(&ids)
+    .bind(&merchants_col)
+    .bind(&events_col)
     .bind(&subs)
     .bind(&urls)
     .bind(&msgs)
@@ -175,7 +213,12 @@ pub async fn fan_out(
     .bind(SUBJECT_WEBHOOK_DELIVER)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(created)
+    for (event_id, delivery_id) in created {
+        if let Some(&n) = first_of.get(event_id.as_str()) {
+            out[n].push(delivery_id);
+        }
+    }
+    Ok(out)
 }
 
 /// Sends an event again to the given subscriptions (`(id, url)`): an existing delivery starts
@@ -267,10 +310,12 @@ impl DeliveryWork {
     }
 }
 
-pub async fn load_work<'e>(
+/// [`DeliveryWork`] of many deliveries in one query, in no particular order; ids that name no
+/// delivery are missing from the answer.
+pub async fn load_work_many<'e>(
     db: impl PgExecutor<'e>,
-    delivery_id: &str,
-) -> Result<Option<DeliveryWork>, StoreError> {
+    delivery_ids: &[String],
+) -> Result<Vec<DeliveryWork>, StoreError> {
     Ok(sqlx::query_as::<_, DeliveryWork>(
         "SELECT d.id, d.merchant_id, d.event_id, d.subscription_id, d.url, d.status, d.attempt,
                 d.cycle, d.cycle_message_id, d.next_retry_at,
@@ -280,10 +325,10 @@ pub async fn load_work<'e>(
          FROM webhook_deliveries d
          JOIN webhook_subscriptions s ON s.id = d.subscription_id
          JOIN events e ON e.id = d.event_id
-         WHERE d.id = $1",
+         WHERE d.id = ANY($1)",
     )
-    .bind(delivery_id)
-    .fetch_optional(db)
+    .bind(delivery_ids)
+    .fetch_all(db)
     .await?)
 }
 
