@@ -143,7 +143,6 @@ async fn store_in(
     Ok(())
 }
 
-
 /// The handler's transaction. On a route whose key is claimed in the handler, the claim is the
 /// transaction's first statement, so it commits with the work and the answer; everywhere else
 /// this is `pool.begin()`. When the key is taken, this decides as the layer does: an error to

@@ -111,6 +111,7 @@ mod tests {
             key_id: "key_1".into(),
             merchant_id: "mer_1".into(),
             role: Role::Admin,
+            allowed_origins: Vec::new(),
         }
     }
 

@@ -124,7 +124,13 @@ pub fn app(state: AppState) -> impl Endpoint {
         .nest(
             "/api",
             api.around(move |ep, req| {
-                auth::guard(ep, req, limiter.clone(), keys.clone(), secret_limits.clone())
+                auth::guard(
+                    ep,
+                    req,
+                    limiter.clone(),
+                    keys.clone(),
+                    secret_limits.clone(),
+                )
             }),
         )
         .at("/openapi.json", spec)

@@ -303,13 +303,16 @@ pub async fn authenticate<'e>(
         .map(|(owner, _)| owner))
 }
 
+/// An `api_keys` row as authentication reads it: id, merchant, role, expiry, origins.
+type KeyRow = (String, String, String, Option<DateTime<Utc>>, Vec<String>);
+
 /// The owner of the valid key with this hash ([`hash_secret`]), and when the key expires (a
 /// rolled key), for a cache that must stop serving it then.
 pub async fn authenticate_with_expiry<'e>(
     db: impl PgExecutor<'e>,
     key_hash: &[u8],
 ) -> Result<Option<(KeyOwner, Option<DateTime<Utc>>)>, StoreError> {
-    let row: Option<(String, String, String, Option<DateTime<Utc>>, Vec<String>)> = sqlx::query_as(
+    let row: Option<KeyRow> = sqlx::query_as(
         "SELECT id, merchant_id, role, expires_at, allowed_origins FROM api_keys
          WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
     )
