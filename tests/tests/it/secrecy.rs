@@ -584,6 +584,26 @@ impl Stack {
     }
 
     /// Stops every child (exact pids it started), the vault last.
+    fn set_env(&mut self, name: &'static str, value: String) {
+        self.env.retain(|(k, _)| *k != name);
+        self.env.push((name, value));
+    }
+
+    /// Restarts every process but the vault with the stack's current environment.
+    async fn restart_processes(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+        for name in &PROCESSES[..6] {
+            let child = self.spawn(name, &[]);
+            self.children.push((name, child));
+        }
+        let api = self.api.clone();
+        self.wait_healthy(&format!("{api}/healthz")).await;
+    }
+
     fn stop(&mut self) {
         for (_, child) in &mut self.children {
             let _ = child.kill();
@@ -642,15 +662,32 @@ fn evidence_form() -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-/// `paystream keys rotate-sealing` re-encrypts every sealed value under a new sealing key.
-/// It is not in this repository yet; when it is, run it here (with the new key as
-/// `PAYSTREAM_WEBHOOK_SECRET_KEY`, the old one as its previous), restart the processes with
-/// the new key, add both keys to the needles, and the search covers it.
-fn rotate_sealing_key(_stack: &Stack) {}
+/// `paystream keys rotate-sealing` in the order an operator follows: every process restarted
+/// with the new key current and the old one readable, the rotation run, then every process
+/// restarted with the new key alone. The payments and webhooks after it prove nothing was
+/// left under the old key, and the search looks for both keys.
+async fn rotate_sealing_key(stack: &mut Stack, old: &[u8; 32], new: &[u8; 32]) -> String {
+    stack.set_env("PAYSTREAM_WEBHOOK_SECRET_KEY", b64(new));
+    stack.set_env("PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS", b64(old));
+    stack.restart_processes().await;
+    let (out, err) = stack.paystream(&["keys", "rotate-sealing"]);
+    // The subscription's secrets, the evidence file and the replay copies were sealed under
+    // the old key: a rotation that moved nothing proves nothing.
+    assert!(
+        out.contains("done: ") && !out.contains("done: 0 rows"),
+        "{out}{err}"
+    );
+    stack
+        .env
+        .retain(|(k, _)| *k != "PAYSTREAM_WEBHOOK_SECRET_KEY_PREVIOUS");
+    stack.restart_processes().await;
+    format!("{out}\n{err}")
+}
 
 #[tokio::test]
 async fn no_secret_reaches_a_log_an_error_a_table_a_stream_or_a_webhook() {
-    let (kek, new_kek, sealing) = (random_bytes(), random_bytes(), random_bytes());
+    let (kek, new_kek) = (random_bytes(), random_bytes());
+    let (sealing, new_sealing) = (random_bytes(), random_bytes());
     let service = format!("svc_{}", uuid::Uuid::new_v4().simple());
     let acquirer = format!("acq_{}", uuid::Uuid::new_v4().simple());
     // Everything published on the test's subjects, listened to before anything runs: the
@@ -678,7 +715,7 @@ async fn no_secret_reaches_a_log_an_error_a_table_a_stream_or_a_webhook() {
         &mut stack,
         &js,
         &published,
-        [&kek, &new_kek, &sealing],
+        [&kek, &new_kek, &sealing, &new_sealing],
         &service,
         &acquirer,
     )
@@ -690,7 +727,7 @@ async fn scenario(
     stack: &mut Stack,
     js: &async_nats::jetstream::Context,
     published: &Arc<Mutex<Vec<Source>>>,
-    [kek, new_kek, sealing]: [&[u8; 32]; 3],
+    [kek, new_kek, sealing, new_sealing]: [&[u8; 32]; 4],
     service: &str,
     acquirer: &str,
 ) {
@@ -930,7 +967,7 @@ async fn scenario(
     assert!(rewrapped.contains("re-wrapped"), "{rewrapped}");
     assert!(!rewrapped.contains("done: 0 "), "{rewrapped}");
     stack.start_vault(new_kek, None).await;
-    rotate_sealing_key(stack);
+    let resealed = rotate_sealing_key(stack, sealing, new_sealing).await;
     let after = stack.pay(&visa, 700).await;
     stack.intent(&after, &["succeeded"]).await;
 
@@ -979,6 +1016,7 @@ async fn scenario(
         Needle::key("the first KEK", kek),
         Needle::key("the new KEK", new_kek),
         Needle::key("the webhook sealing key", sealing),
+        Needle::key("the new webhook sealing key", new_sealing),
         Needle::secret("the vault service credential", service),
         Needle::secret("the acquirer's notification secret", acquirer),
     ];
@@ -1016,6 +1054,10 @@ async fn scenario(
     logs.push(Source {
         place: "the output of paystream vault rotate-kek".to_owned(),
         text: format!("{rewrapped}\n{rotate_err}"),
+    });
+    logs.push(Source {
+        place: "the output of paystream keys rotate-sealing".to_owned(),
+        text: resealed,
     });
     // Every error body (and every answer of the vault, none of which may quote a number).
     let replies = std::mem::take(&mut *stack.replies.lock().unwrap());
