@@ -109,9 +109,17 @@ pub fn client_address(req: &Request, state: &AppState) -> String {
         .to_string()
 }
 
-/// The derivation key of client secrets, from the server's sealing key.
+/// The derivation key of client secrets, from the server's sealing key (and, during a
+/// rotation, the previous one, whose secrets still verify).
 pub fn secrets(state: &AppState) -> ClientSecrets {
-    ClientSecrets::new(state.config.webhook_secret_key.expose())
+    ClientSecrets::with_previous(
+        state.config.webhook_secret_key.expose(),
+        state
+            .config
+            .webhook_secret_key_previous
+            .as_ref()
+            .map(|k| k.expose()),
+    )
 }
 
 /// Adds its client secret to every payment intent in a JSON answer for a secret key (one

@@ -6,7 +6,9 @@
 //! key derived from the server's sealing key (`PAYSTREAM_WEBHOOK_SECRET_KEY`, 32 random bytes),
 //! truncated to 160 bits: unguessable without that key, the same on every read, so `GET` can
 //! hand it to a secret key again without a copy of it in any table (README "Choices"). Checking
-//! one recomputes it and compares in constant time.
+//! one recomputes it and compares in constant time. While the sealing key rotates, a secret
+//! derived under the previous key is still accepted (README "Rotating the sealing key"), so
+//! a checkout page opened before a process restarted keeps working on every replica.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -24,12 +26,34 @@ const SEPARATOR: &str = "_secret_";
 #[derive(Clone)]
 pub struct ClientSecrets {
     key: Secret<[u8; 32]>,
+    /// Derived from the previous sealing key, during a rotation: verifies, never issues.
+    previous: Option<Secret<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for ClientSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ClientSecrets(..)")
     }
+}
+
+/// The derivation key under a sealing key, separated from its other uses by [`LABEL`].
+fn derive(sealing_key: &[u8; 32]) -> Secret<[u8; 32]> {
+    let mut m = mac(sealing_key);
+    m.update(LABEL);
+    Secret::new(m.finalize().into_bytes().into())
+}
+
+/// `{intent_id}_secret_{hex of the HMAC}` under one derivation key.
+fn secret_under(key: &Secret<[u8; 32]>, merchant_id: &str, intent_id: &str) -> String {
+    let mut m = mac(key.expose());
+    m.update(merchant_id.as_bytes());
+    m.update(&[0]);
+    m.update(intent_id.as_bytes());
+    let full = m.finalize().into_bytes();
+    format!(
+        "{intent_id}{SEPARATOR}{}",
+        hex::encode(&full[..RANDOM_BYTES])
+    )
 }
 
 fn mac(key: &[u8]) -> Hmac<Sha256> {
@@ -40,42 +64,33 @@ fn mac(key: &[u8]) -> Hmac<Sha256> {
 impl ClientSecrets {
     /// Derived from the server's sealing key, under a label of its own.
     pub fn new(sealing_key: &[u8; 32]) -> Self {
-        let mut m = mac(sealing_key);
-        m.update(LABEL);
-        let key: [u8; 32] = m.finalize().into_bytes().into();
-        Self {
-            key: Secret::new(key),
-        }
+        Self::with_previous(sealing_key, None)
     }
 
-    fn random_part(&self, merchant_id: &str, intent_id: &str) -> [u8; RANDOM_BYTES] {
-        let mut m = mac(self.key.expose());
-        m.update(merchant_id.as_bytes());
-        m.update(&[0]);
-        m.update(intent_id.as_bytes());
-        let full = m.finalize().into_bytes();
-        let mut out = [0u8; RANDOM_BYTES];
-        out.copy_from_slice(&full[..RANDOM_BYTES]);
-        out
+    /// Issues under `sealing_key`; also accepts what `previous` issued.
+    pub fn with_previous(sealing_key: &[u8; 32], previous: Option<&[u8; 32]>) -> Self {
+        Self {
+            key: derive(sealing_key),
+            previous: previous.map(derive),
+        }
     }
 
     /// The client secret of `intent_id` of `merchant_id`.
     pub fn of(&self, merchant_id: &str, intent_id: &str) -> Secret<String> {
-        Secret::new(format!(
-            "{intent_id}{SEPARATOR}{}",
-            hex::encode(self.random_part(merchant_id, intent_id))
-        ))
+        Secret::new(secret_under(&self.key, merchant_id, intent_id))
     }
 
     /// Whether `presented` is the client secret of `intent_id` of `merchant_id`, compared in
     /// constant time (its length, which is public, aside).
     pub fn verify(&self, merchant_id: &str, intent_id: &str, presented: &str) -> bool {
-        let expected = self.of(merchant_id, intent_id);
-        expected
-            .expose()
-            .as_bytes()
-            .ct_eq(presented.as_bytes())
-            .into()
+        let matches = |key: &Secret<[u8; 32]>| -> bool {
+            let expected = secret_under(key, merchant_id, intent_id);
+            expected.as_bytes().ct_eq(presented.as_bytes()).into()
+        };
+        // Both compared whatever the first gives, so the time says nothing of which matched.
+        let current = matches(&self.key);
+        let previous = self.previous.as_ref().is_some_and(matches);
+        current | previous
     }
 }
 
@@ -99,5 +114,21 @@ mod tests {
         let other = ClientSecrets::new(&[8; 32]);
         assert!(!other.verify("mer_a", "pi_1", s));
         assert_eq!(format!("{secrets:?}"), "ClientSecrets(..)");
+    }
+
+    #[test]
+    fn during_a_rotation_the_previous_keys_secrets_still_verify_and_only_new_ones_are_issued() {
+        let old = ClientSecrets::new(&[7; 32]);
+        let issued_before = old.of("mer_a", "pi_1");
+        let rotating = ClientSecrets::with_previous(&[8; 32], Some(&[7; 32]));
+        assert!(rotating.verify("mer_a", "pi_1", issued_before.expose()));
+        let issued_now = rotating.of("mer_a", "pi_1");
+        assert_ne!(issued_now.expose(), issued_before.expose());
+        assert!(rotating.verify("mer_a", "pi_1", issued_now.expose()));
+        assert!(!rotating.verify("mer_a", "pi_2", issued_before.expose()));
+        // Once the old key is retired, what it issued is refused.
+        let after = ClientSecrets::new(&[8; 32]);
+        assert!(!after.verify("mer_a", "pi_1", issued_before.expose()));
+        assert!(after.verify("mer_a", "pi_1", issued_now.expose()));
     }
 }
