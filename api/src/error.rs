@@ -311,6 +311,17 @@ impl From<sqlx::Error> for ApiError {
                     "A parameter contains a character that cannot be stored (such as U+0000)",
                 )
             }
+            // Every connection of the pool stayed busy past its acquire timeout: the
+            // database is saturated, not broken. A 503 with Retry-After tells the client to
+            // back off and retry with the same Idempotency-Key; nothing was written.
+            None if matches!(e, sqlx::Error::PoolTimedOut) => {
+                tracing::warn!("no database connection within the pool's timeout");
+                let mut err = ApiError::unavailable(
+                    "The service is overloaded; retry shortly with the same Idempotency-Key.",
+                );
+                err.retry_after_secs = Some(1);
+                err
+            }
             None => ApiError::internal(&e),
         }
     }
@@ -395,6 +406,16 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_saturated_pool_is_a_503_with_retry_after_not_a_500() {
+        let err = ApiError::from(sqlx::Error::PoolTimedOut);
+        assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.code, "service_unavailable");
+        assert_eq!(err.retry_after_secs, Some(1));
+        let err = ApiError::from(sqlx::Error::RowNotFound);
+        assert_eq!(err.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
 
     #[test]
     fn body_has_the_contract_shape() {

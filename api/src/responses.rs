@@ -51,8 +51,10 @@ pub const INTERNAL: u32 = 1 << 8;
 pub const UNAVAILABLE: u32 = 1 << 9;
 
 /// Every authenticated call: bad query or path values, no or a bad key, a role the call is not
-/// open to (see `paystream_shared::roles`), the key's rate limit, and an unexpected failure.
-pub const READ: u32 = BAD_REQUEST | UNAUTHORIZED | FORBIDDEN | RATE_LIMITED | INTERNAL;
+/// open to (see `paystream_shared::roles`), the key's rate limit, an unexpected failure, and a
+/// database too busy to lend a connection in time (503).
+pub const READ: u32 =
+    BAD_REQUEST | UNAUTHORIZED | FORBIDDEN | RATE_LIMITED | INTERNAL | UNAVAILABLE;
 /// Every authenticated POST with a JSON body: the body has a size limit, and it runs under its
 /// Idempotency-Key.
 pub const WRITE: u32 = READ | TOO_LARGE | IDEMPOTENCY_REUSED;
@@ -67,7 +69,7 @@ const STATUSES: &[(u32, u16, &str)] = &[
     (IDEMPOTENCY_REUSED, 422, "The Idempotency-Key was used before with a different method, path or body (`idempotency_key_reused`)."),
     (RATE_LIMITED, 429, "Too many requests with this key (`rate_limited`); retry after `Retry-After` seconds."),
     (INTERNAL, 500, "An unexpected failure; it has been logged. Retrying with the same Idempotency-Key is safe."),
-    (UNAVAILABLE, 503, "A service this call needs (e.g. the vault) did not answer (`service_unavailable`); retry later with the same Idempotency-Key."),
+    (UNAVAILABLE, 503, "A service this call needs (the database, the vault) did not answer in time (`service_unavailable`); retry after `Retry-After` seconds, or later, with the same Idempotency-Key."),
 ];
 
 /// An [`ApiError`] as an operation whose possible error statuses are `SET` answers it.
