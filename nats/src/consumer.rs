@@ -284,12 +284,6 @@ pub async fn run<H: Handler>(
                     }
                     break 'fetching;
                 }
-                _ = &mut deadline => {
-                    // No end-of-request from the server: it restarted or the connection
-                    // dropped and the request died with it. Ask again.
-                    tracing::debug!("pull request expired without an answer; asking again");
-                    break;
-                }
                 next = batch.next() => match next {
                     None => break,
                     Some(Ok(msg)) => {
@@ -313,6 +307,14 @@ pub async fn run<H: Handler>(
                         break;
                     }
                 },
+                // After the messages: a delivery already in hand when the deadline passes is
+                // handled, not dropped with the request to wait out its ack_wait.
+                _ = &mut deadline => {
+                    // No end-of-request from the server: it restarted or the connection
+                    // dropped and the request died with it. Ask again.
+                    tracing::debug!("pull request expired without an answer; asking again");
+                    break;
+                }
             }
         }
     }
@@ -365,9 +367,9 @@ async fn ensure_consumer(
             {
                 Setup::Fatal(NatsError::StreamMissing(stream_name.clone()))
             }
-            // 503: JetStream is starting up or has no quorum yet; anything else the server
-            // says about the configuration will not change by waiting.
-            ConsumerErrorKind::JetStream(e) if e.code() != 503 => {
+            // A 4xx is the server's verdict on the configuration and will not change by
+            // waiting; a 5xx (no quorum or no stream leader yet) is waited out.
+            ConsumerErrorKind::JetStream(e) if !refusal_is_transient(&e) => {
                 Setup::Fatal(NatsError::Consumer {
                     stream: stream_name.clone(),
                     consumer: consumer.clone(),
@@ -381,6 +383,16 @@ async fn ensure_consumer(
             }),
         }
     })
+}
+
+/// Whether a JetStream refusal to set the consumer up is the cluster between states rather
+/// than a verdict on the configuration. A configuration the server rejects answers 4xx; a
+/// stream or consumer whose raft group has no leader yet answers 5xx: 503 "temporarily
+/// unavailable", but also 500 "stream is offline" (10118) or "cluster can not handle request"
+/// (10009) while a freshly created R3 stream elects its first leader. Giving up on a 5xx ended
+/// the consume loop, and with it the worker, for good: nothing consumed until a restart.
+fn refusal_is_transient(e: &jetstream::Error) -> bool {
+    e.code() >= 500
 }
 
 async fn process<H: Handler>(shared: &Shared<H>, msg: jetstream::Message) {
@@ -571,6 +583,44 @@ async fn nak(msg: &jetstream::Message, delay: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refusal(code: u64, err_code: u64, description: &str) -> jetstream::Error {
+        serde_json::from_value(serde_json::json!({
+            "code": code, "err_code": err_code, "description": description,
+        }))
+        .expect("a JetStream API error")
+    }
+
+    #[test]
+    fn a_leaderless_stream_is_waited_out_and_a_bad_configuration_is_not() {
+        // What a three-node cluster answers while a new R3 stream elects its first leader.
+        assert!(refusal_is_transient(&refusal(
+            500,
+            10118,
+            "stream is offline"
+        )));
+        assert!(refusal_is_transient(&refusal(
+            500,
+            10009,
+            "JetStream cluster can not handle request"
+        )));
+        assert!(refusal_is_transient(&refusal(
+            503,
+            10008,
+            "JetStream system temporarily unavailable"
+        )));
+        // The server's verdict on the configuration: waiting cannot change it.
+        assert!(!refusal_is_transient(&refusal(
+            400,
+            10093,
+            "consumer filter subject is not a valid subset of the interest subjects"
+        )));
+        assert!(!refusal_is_transient(&refusal(
+            400,
+            10013,
+            "consumer name already in use"
+        )));
+    }
 
     #[test]
     fn spec_defaults_and_consumer_config() {

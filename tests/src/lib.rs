@@ -461,10 +461,10 @@ impl TestApp {
     pub fn start_confirm_worker(&self) -> CancellationToken {
         let token = self.shutdown.child_token();
         let config = (*self.config).clone();
-        tokio::spawn(paystream_workers::runtime::run_confirm_worker(
-            config,
-            token.clone(),
-        ));
+        spawn_worker(
+            "confirm worker",
+            paystream_workers::runtime::run_confirm_worker(config, token.clone()),
+        );
         token
     }
 
@@ -472,10 +472,10 @@ impl TestApp {
     pub fn start_refund_worker(&self) -> CancellationToken {
         let token = self.shutdown.child_token();
         let config = (*self.config).clone();
-        tokio::spawn(paystream_workers::runtime::run_refund_worker(
-            config,
-            token.clone(),
-        ));
+        spawn_worker(
+            "refund worker",
+            paystream_workers::runtime::run_refund_worker(config, token.clone()),
+        );
         token
     }
 
@@ -667,4 +667,20 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Runs an in-process worker. A worker that stops with an error leaves the test waiting for
+/// work nobody does, and its error would be dropped with the task: say it, so the timeout
+/// that follows names its cause.
+fn spawn_worker<F>(name: &'static str, worker: F)
+where
+    F: std::future::Future<Output = Result<(), paystream_workers::runtime::WorkerError>>
+        + Send
+        + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = worker.await {
+            eprintln!("the in-process {name} stopped: {e}");
+        }
+    });
 }
