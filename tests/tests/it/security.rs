@@ -1,4 +1,4 @@
-//! Transport security and key rolling (README "TLS", CONTRACT "Security"): HTTPS only with a
+//! Transport security and key rolling (README "TLS", docs/pci-scope.md): HTTPS only with a
 //! certificate, TLS 1.2 as the floor, certificates reloaded on SIGHUP without dropping a
 //! request in flight, `tls_required` behind trusted proxies, and rolled keys that expire.
 
