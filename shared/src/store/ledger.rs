@@ -20,7 +20,10 @@ use crate::domain::money::Currency;
 ///
 /// A concurrent second posting of the same source waits on the first one's unique key and then
 /// writes nothing. Accounts are updated in the posting's account order, the same for every
-/// posting, so two postings to the same accounts never deadlock on each other.
+/// posting, so two postings to the same accounts never deadlock on each other. The balances
+/// go to the slot of the posting's source (`ledger_slot`, migration 0028): postings of one
+/// merchant from different sources mostly touch different rows, instead of all waiting on the
+/// one row lock of each account until the holder's commit is flushed.
 pub async fn post(
     conn: &mut PgConnection,
     posting: &Posting,
@@ -43,9 +46,9 @@ pub async fn post(
             INSERT INTO ledger_entries (transaction_id, merchant_id, currency, account, amount)
             SELECT txn.id, $2, $3, legs.account, legs.amount FROM txn, legs ORDER BY legs.n
          ), balances AS (
-            INSERT INTO ledger_accounts AS a (merchant_id, currency, account, balance)
-            SELECT $2, $3, legs.account, legs.amount FROM txn, legs ORDER BY legs.n
-            ON CONFLICT (merchant_id, currency, account)
+            INSERT INTO ledger_accounts AS a (merchant_id, currency, account, slot, balance)
+            SELECT $2, $3, legs.account, ledger_slot($5), legs.amount FROM txn, legs ORDER BY legs.n
+            ON CONFLICT (merchant_id, currency, account, slot)
             DO UPDATE SET balance = a.balance + EXCLUDED.balance
          )
          SELECT id FROM txn",
@@ -156,7 +159,8 @@ pub async fn balances<'e>(
     merchant_id: &str,
 ) -> Result<BTreeMap<String, BTreeMap<Account, i64>>, StoreError> {
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT currency, account, balance FROM ledger_accounts WHERE merchant_id = $1",
+        "SELECT currency, account, SUM(balance)::bigint FROM ledger_accounts WHERE merchant_id = $1
+         GROUP BY currency, account",
     )
     .bind(merchant_id)
     .fetch_all(db)
@@ -209,10 +213,13 @@ pub async fn first_drifted_account<'e>(
         "WITH sums AS (
             SELECT merchant_id, currency, account, SUM(amount)::bigint AS total
             FROM ledger_entries GROUP BY merchant_id, currency, account
+         ), accounts AS (
+            SELECT merchant_id, currency, account, SUM(balance)::bigint AS balance
+            FROM ledger_accounts GROUP BY merchant_id, currency, account
          )
          SELECT COALESCE(a.merchant_id, s.merchant_id), COALESCE(a.currency, s.currency),
                 COALESCE(a.account, s.account), COALESCE(a.balance, 0), COALESCE(s.total, 0)
-         FROM ledger_accounts a
+         FROM accounts a
          FULL JOIN sums s USING (merchant_id, currency, account)
          WHERE COALESCE(a.balance, 0) <> COALESCE(s.total, 0)
          ORDER BY 1, 2, 3 LIMIT 1",

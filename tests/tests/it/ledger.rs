@@ -313,17 +313,23 @@ async fn entries_are_append_only_and_verify_names_what_was_changed_behind_the_tr
         .execute(&mut *conn)
         .await
         .unwrap();
-    sqlx::query("UPDATE ledger_accounts SET balance = balance - 5 WHERE account = 'fees'")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE ledger_accounts SET balance = balance - 5 WHERE account = 'fees'
+         AND slot = (SELECT min(slot) FROM ledger_accounts WHERE account = 'fees')",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
     assert!(
         matches!(verify(&app).await, Err(Violation::Drifted { account, balance: -64, sum: -59, .. }) if account == "fees")
     );
-    sqlx::query("UPDATE ledger_accounts SET balance = balance + 5 WHERE account = 'fees'")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE ledger_accounts SET balance = balance + 5 WHERE account = 'fees'
+         AND slot = (SELECT min(slot) FROM ledger_accounts WHERE account = 'fees')",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
 
     // An entry moved to another merchant balances but is misfiled.
     sqlx::query("UPDATE ledger_entries SET merchant_id = 'mer_other' WHERE account = 'fees'")
@@ -529,12 +535,14 @@ async fn settling_into_a_payout_moves_pending_to_available_then_out_once() {
     tx.commit().await.unwrap();
     assert_eq!(balance(&app, None, "usd").await, (0, 0));
 
-    // Every account of the movement is back at zero.
-    let nonzero: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM ledger_accounts WHERE balance <> 0")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    // Every account of the movement is back at zero (summed over its slots).
+    let nonzero: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM ledger_accounts
+         GROUP BY merchant_id, currency, account HAVING SUM(balance) <> 0) AS a",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(nonzero, 0);
 
     // An adjustment: a balanced posting of the caller's making, shown once.

@@ -460,7 +460,7 @@ async fn reconciling_a_payout_of_100k_lines() {
         "UPDATE ledger_accounts a SET balance = a.balance + e.amount * cardinality($2::text[])
          FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
          WHERE t.source_id = $1 AND t.kind = 'charge' AND a.merchant_id = e.merchant_id
-           AND a.currency = e.currency AND a.account = e.account
+           AND a.currency = e.currency AND a.account = e.account AND a.slot = ledger_slot($1)
            AND cardinality($3::text[]) >= 0",
         "INSERT INTO balance_transactions
          SELECT (jsonb_populate_record(NULL::balance_transactions, to_jsonb(b)
