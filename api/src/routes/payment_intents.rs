@@ -611,6 +611,10 @@ impl PaymentIntentsApi {
         let currency = b.currency.as_deref().map(Currency::parse).transpose()?;
         let return_url = parse_return_url(b.return_url)?;
         let mut requested_pm = parse_payment_method(b.payment_method_id)?;
+        // The Idempotency-Key is claimed before the token is spent: a retry of a confirm that
+        // used the token waits for it and replays its answer, instead of finding the token
+        // used up and answering an error for a confirm that worked.
+        let mut tx = idempotency::begin(req, &state.pool).await?;
         let from_token = match b.payment_method {
             Some(_) if requested_pm.is_some() => {
                 return Err(ApiError::invalid(
@@ -624,6 +628,18 @@ impl PaymentIntentsApi {
                 // Confirmable first, so a token is not used up on an intent that cannot use it.
                 let intent = load(&state, &auth, &id.0).await?;
                 intent.status.confirmable()?;
+                // And the checks of the method's kind, which need no vault: a confirm refused
+                // for a missing `returnUrl` must leave the token usable for the one that follows.
+                let kind = UsableMethod {
+                    id: String::new(),
+                    bank_account: token.method_type == PaymentMethodType::BankAccount,
+                    may_need_3ds: token.method_type == PaymentMethodType::Card,
+                };
+                check_capture_method(&kind, intent.capture_method)?;
+                require_return_url_for(
+                    &kind,
+                    &return_url.clone().or_else(|| intent.return_url.clone()),
+                )?;
                 // The vault's client is the application's data, as for `POST /payment-methods`.
                 let no_vault = super::payment_methods::Vault(None);
                 let vault = req
@@ -642,8 +658,6 @@ impl PaymentIntentsApi {
             }
             None => None,
         };
-
-        let mut tx = idempotency::begin(req, &state.pool).await?;
         if let Some(pm) = &from_token {
             paystream_shared::store::payment_methods::insert(&mut tx, pm, &auth.actor())
                 .await

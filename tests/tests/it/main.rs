@@ -30,6 +30,7 @@ mod secrecy;
 mod security;
 mod settlement;
 mod three_ds;
+mod token_confirm;
 mod validation;
 mod vault_charges;
 mod webhooks;
