@@ -96,6 +96,8 @@ const SERVICES: &[&str] = &[
 struct Supervised {
     name: String,
     child: Child,
+    /// PostgreSQL or a nats-server `up` started: what the services drain into as they stop.
+    infrastructure: bool,
 }
 
 #[derive(Default)]
@@ -108,6 +110,15 @@ impl Supervisor {
         self.children.push(Supervised {
             name: name.to_owned(),
             child,
+            infrastructure: false,
+        });
+    }
+
+    fn adopt_infrastructure(&mut self, name: &str, child: Child) {
+        self.children.push(Supervised {
+            name: name.to_owned(),
+            child,
+            infrastructure: true,
         });
     }
 
@@ -121,22 +132,37 @@ impl Supervisor {
             })
     }
 
-    /// SIGTERM everyone (newest first, so the database and broker go last), wait, then kill.
+    /// SIGTERM the services, wait, then the database and broker, wait, killing what does not
+    /// stop in time. A worker stopping acks and settles what it holds, so the broker and
+    /// database it talks to must still be there; signalled together, every worker hung on a
+    /// broker that was gone until it was killed.
     async fn stop(&mut self) {
-        for s in self.children.iter().rev() {
-            if let Some(pid) = s.child.id() {
-                let _ = std::process::Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status();
+        for infrastructure in [false, true] {
+            for s in self
+                .children
+                .iter()
+                .rev()
+                .filter(|s| s.infrastructure == infrastructure)
+            {
+                if let Some(pid) = s.child.id() {
+                    let _ = std::process::Command::new("kill")
+                        .arg("-TERM")
+                        .arg(pid.to_string())
+                        .status();
+                }
             }
-        }
-        for s in self.children.iter_mut().rev() {
-            match tokio::time::timeout(Duration::from_secs(15), s.child.wait()).await {
-                Ok(_) => {}
-                Err(_) => {
-                    eprintln!("{} did not stop in time; killing it", s.name);
-                    let _ = s.child.kill().await;
+            for s in self
+                .children
+                .iter_mut()
+                .rev()
+                .filter(|s| s.infrastructure == infrastructure)
+            {
+                match tokio::time::timeout(Duration::from_secs(15), s.child.wait()).await {
+                    Ok(_) => {}
+                    Err(_) => {
+                        eprintln!("{} did not stop in time; killing it", s.name);
+                        let _ = s.child.kill().await;
+                    }
                 }
             }
         }
@@ -332,7 +358,7 @@ async fn start_postgres(sup: &mut Supervisor, data_dir: &Path, url: &str) -> any
         .kill_on_drop(true)
         .spawn()
         .context("starting postgres")?;
-    sup.adopt("postgres", child);
+    sup.adopt_infrastructure("postgres", child);
     wait_until(Duration::from_secs(30), "PostgreSQL", || {
         postgres_answers(url)
     })
@@ -360,7 +386,7 @@ async fn start_nats(sup: &mut Supervisor, data_dir: &Path, url: &str) -> anyhow:
         .kill_on_drop(true)
         .spawn()
         .context("starting nats-server")?;
-    sup.adopt("nats-server", child);
+    sup.adopt_infrastructure("nats-server", child);
     let settings = paystream_shared::nats_settings::NatsSettings::plain(url)?;
     wait_until(Duration::from_secs(15), "NATS", || nats_answers(&settings)).await
 }
@@ -392,7 +418,7 @@ async fn start_nats_cluster(
     );
     for node in &nodes {
         let child = node.spawn(&server, Stdio::null())?;
-        sup.adopt(&format!("nats-server {}", node.name), child);
+        sup.adopt_infrastructure(&format!("nats-server {}", node.name), child);
     }
     let seeds = nats_cluster::seeds(&nodes);
     nats_cluster::wait_for_jetstream(&seeds, Duration::from_secs(60)).await?;
