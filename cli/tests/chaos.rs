@@ -129,3 +129,52 @@ async fn a_chaos_run_on_a_three_node_cluster_kills_leaders_and_finds_no_violatio
         assert_eq!(n, 3, "{stream} on {n} nodes: {report:#}");
     }
 }
+
+/// A stack that cannot start (here the API refuses three stream replicas on one server) is
+/// reported at once, and leaves no database behind, only its logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chaos_stack_that_cannot_start_says_which_process_and_leaves_no_database() {
+    let server = paystream_tests::database_server_url();
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_paystream"))
+            .args(["chaos", "--payments", "1", "--json"])
+            .env("DATABASE_URL", format!("{server}/postgres"))
+            .env("PAYSTREAM_STREAM_REPLICAS", "3")
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chaos gave up promptly")
+    .expect("run paystream chaos");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("paystream-api exited during start-up"),
+        "{stderr}"
+    );
+    let dir = stderr
+        .split("logs in ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .map(|d| std::path::PathBuf::from(d.trim()))
+        .unwrap_or_else(|| panic!("where the logs are: {stderr}"));
+    assert!(dir.join("paystream-api.log").is_file(), "{stderr}");
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("paystream-chaos-"))
+        .map(|tag| format!("paystream_chaos_{tag}"))
+        .unwrap();
+    let pool = paystream_shared::db::connect(&format!("{server}/postgres"), 1)
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "{name} was dropped");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -139,8 +139,17 @@ impl Stack {
             sim_seed: seed.to_string(),
         };
         for name in PROCESSES {
-            stack.spawn(name)?;
-            stack.wait_ready(name).await?;
+            let started = match stack.spawn(name) {
+                Ok(()) => stack.wait_ready(name).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = started {
+                // A stack that never ran has nothing to check: its processes and database go,
+                // and only the logs stay, to say why.
+                stack.stop().await;
+                stack.drop_database().await;
+                return Err(e.context(format!("logs in {}", stack.dir.display())));
+            }
         }
         Ok(stack)
     }
@@ -273,7 +282,20 @@ impl Stack {
                 None => bail!("no health address for {worker}"),
             },
         };
-        up::wait_until(Duration::from_secs(60), name, || up::healthy(&http, &url)).await
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if up::healthy(&http, &url).await {
+                return Ok(());
+            }
+            // One that exited will not answer: say so now rather than after the minute.
+            if let Some(Ok(Some(status))) = self.children.get_mut(name).map(Child::try_wait) {
+                bail!("{name} exited during start-up ({status}); its log is {name}.log");
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{name} did not become ready within 60s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// SIGKILL the process by its own pid, leave it down for `down`, start it again.
@@ -421,6 +443,11 @@ impl Stack {
 
     /// Drops the database this run created and removes its temp dir.
     pub async fn remove(&self) {
+        self.drop_database().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    async fn drop_database(&self) {
         if let Ok(admin_url) = crate::bench::with_database(&self.server_url, "postgres") {
             if let Ok(pool) = paystream_shared::db::connect(&admin_url, 1).await {
                 let _ = sqlx::query(&format!(
@@ -432,6 +459,5 @@ impl Stack {
                 pool.close().await;
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
