@@ -8,6 +8,7 @@ pub mod chaos;
 pub mod dlq;
 pub mod doctor;
 pub mod listen;
+mod nats_cluster;
 pub mod settlement;
 pub mod up;
 

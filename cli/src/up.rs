@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 
+use crate::nats_cluster;
 use paystream_shared::config::{Config, Environment, ENV_VAR};
 use paystream_shared::store::merchants;
 
@@ -35,15 +36,8 @@ pub struct UpArgs {
     /// Run on a JetStream cluster of this many nodes (3 or 5) with that many replicas of
     /// every stream. When nothing answers at NATS_URL, `up` starts the nodes itself under
     /// `--data-dir`/nats-cluster, on NATS_URL's port and the ones after it.
-    #[arg(long, value_parser = parse_cluster_size)]
+    #[arg(long, value_parser = crate::nats_cluster::parse_size)]
     pub nats_cluster: Option<usize>,
-}
-
-fn parse_cluster_size(raw: &str) -> Result<usize, String> {
-    match raw.parse::<usize>() {
-        Ok(n @ (3 | 5)) => Ok(n),
-        _ => Err("a JetStream cluster here has 3 or 5 nodes".to_owned()),
-    }
 }
 
 /// The processes `up` runs, in start order. Names are binary names next to `paystream`.
@@ -102,6 +96,8 @@ const SERVICES: &[&str] = &[
 struct Supervised {
     name: String,
     child: Child,
+    /// PostgreSQL or a nats-server `up` started: what the services drain into as they stop.
+    infrastructure: bool,
 }
 
 #[derive(Default)]
@@ -114,6 +110,15 @@ impl Supervisor {
         self.children.push(Supervised {
             name: name.to_owned(),
             child,
+            infrastructure: false,
+        });
+    }
+
+    fn adopt_infrastructure(&mut self, name: &str, child: Child) {
+        self.children.push(Supervised {
+            name: name.to_owned(),
+            child,
+            infrastructure: true,
         });
     }
 
@@ -127,22 +132,37 @@ impl Supervisor {
             })
     }
 
-    /// SIGTERM everyone (newest first, so the database and broker go last), wait, then kill.
+    /// SIGTERM the services, wait, then the database and broker, wait, killing what does not
+    /// stop in time. A worker stopping acks and settles what it holds, so the broker and
+    /// database it talks to must still be there; signalled together, every worker hung on a
+    /// broker that was gone until it was killed.
     async fn stop(&mut self) {
-        for s in self.children.iter().rev() {
-            if let Some(pid) = s.child.id() {
-                let _ = std::process::Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status();
+        for infrastructure in [false, true] {
+            for s in self
+                .children
+                .iter()
+                .rev()
+                .filter(|s| s.infrastructure == infrastructure)
+            {
+                if let Some(pid) = s.child.id() {
+                    let _ = std::process::Command::new("kill")
+                        .arg("-TERM")
+                        .arg(pid.to_string())
+                        .status();
+                }
             }
-        }
-        for s in self.children.iter_mut().rev() {
-            match tokio::time::timeout(Duration::from_secs(15), s.child.wait()).await {
-                Ok(_) => {}
-                Err(_) => {
-                    eprintln!("{} did not stop in time; killing it", s.name);
-                    let _ = s.child.kill().await;
+            for s in self
+                .children
+                .iter_mut()
+                .rev()
+                .filter(|s| s.infrastructure == infrastructure)
+            {
+                match tokio::time::timeout(Duration::from_secs(15), s.child.wait()).await {
+                    Ok(_) => {}
+                    Err(_) => {
+                        eprintln!("{} did not stop in time; killing it", s.name);
+                        let _ = s.child.kill().await;
+                    }
                 }
             }
         }
@@ -338,7 +358,7 @@ async fn start_postgres(sup: &mut Supervisor, data_dir: &Path, url: &str) -> any
         .kill_on_drop(true)
         .spawn()
         .context("starting postgres")?;
-    sup.adopt("postgres", child);
+    sup.adopt_infrastructure("postgres", child);
     wait_until(Duration::from_secs(30), "PostgreSQL", || {
         postgres_answers(url)
     })
@@ -366,7 +386,7 @@ async fn start_nats(sup: &mut Supervisor, data_dir: &Path, url: &str) -> anyhow:
         .kill_on_drop(true)
         .spawn()
         .context("starting nats-server")?;
-    sup.adopt("nats-server", child);
+    sup.adopt_infrastructure("nats-server", child);
     let settings = paystream_shared::nats_settings::NatsSettings::plain(url)?;
     wait_until(Duration::from_secs(15), "NATS", || nats_answers(&settings)).await
 }
@@ -387,76 +407,22 @@ async fn start_nats_cluster(
             "NATS does not answer at {url}; start your cluster or point NATS_URL at one that runs"
         );
     }
-    let Some(server) = find_on_path("nats-server", &[PathBuf::from("/usr/sbin")]) else {
-        bail!("NATS does not answer at {host}:{port} and no nats-server was found. Install it with `apt-get install nats-server`.");
-    };
+    let server = nats_cluster::server_binary()
+        .with_context(|| format!("NATS does not answer at {host}:{port}"))?;
     let dir = std::fs::canonicalize(data_dir)?.join("nats-cluster");
-    std::fs::create_dir_all(&dir)?;
-    let ports = cluster_ports(port, size)?;
-    let routes: Vec<String> = ports
-        .iter()
-        .map(|(_, route)| format!("\"nats-route://127.0.0.1:{route}\""))
-        .collect();
+    let nodes = nats_cluster::write_nodes(&dir, &nats_cluster::consecutive_ports(port, size)?)?;
     println!(
         "starting a local {size}-node nats-server cluster with JetStream on ports {}-{} (nothing answered at {url})",
-        ports[0].0,
-        ports[size - 1].0
+        nodes[0].client,
+        nodes[size - 1].client
     );
-    let mut seeds = Vec::with_capacity(size);
-    for (i, (client, route)) in ports.iter().enumerate() {
-        let name = format!("n{}", i + 1);
-        let conf = dir.join(format!("{name}.conf"));
-        std::fs::write(
-            &conf,
-            node_config(&name, *client, *route, &dir.join(&name), &routes),
-        )?;
-        let child = Command::new(&server)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting nats-server")?;
-        sup.adopt(&format!("nats-server {name}"), child);
-        seeds.push(format!("nats://127.0.0.1:{client}"));
+    for node in &nodes {
+        let child = node.spawn(&server, Stdio::null())?;
+        sup.adopt_infrastructure(&format!("nats-server {}", node.name), child);
     }
-    let seeds = seeds.join(",");
-    let settings = paystream_shared::nats_settings::NatsSettings::plain(&seeds)?;
-    // Ready when JetStream answers: the nodes found each other and elected a meta leader.
-    wait_until(Duration::from_secs(60), "the NATS cluster", || async {
-        match paystream_nats::connect_with(&settings).await {
-            Ok((client, _)) => {
-                paystream_nats::health::account_info(&client, Duration::from_secs(2)).await
-            }
-            Err(_) => false,
-        }
-    })
-    .await?;
+    let seeds = nats_cluster::seeds(&nodes);
+    nats_cluster::wait_for_jetstream(&seeds, Duration::from_secs(60)).await?;
     Ok(seeds)
-}
-
-/// (client, route) ports of each node.
-fn cluster_ports(first: u16, size: usize) -> anyhow::Result<Vec<(u16, u16)>> {
-    (0..size)
-        .map(|i| {
-            let client = u16::try_from(usize::from(first) + i).ok();
-            let route = client.and_then(|c| c.checked_add(2000));
-            client
-                .zip(route)
-                .context("the cluster's ports would pass 65535; point NATS_URL lower")
-        })
-        .collect()
-}
-
-fn node_config(name: &str, client: u16, route: u16, store: &Path, routes: &[String]) -> String {
-    format!(
-        "server_name: {name}\nlisten: \"127.0.0.1:{client}\"\n\
-         jetstream {{ store_dir: \"{}\" }}\n\
-         cluster {{ name: paystream, listen: \"127.0.0.1:{route}\", routes: [{}] }}\n",
-        store.display(),
-        routes.join(", ")
-    )
 }
 
 pub(crate) async fn wait_until<F, Fut>(
@@ -807,26 +773,5 @@ mod tests {
         assert_eq!(nats_port("nats://127.0.0.1:14222"), 14222);
         assert_eq!(nats_port("nats://localhost"), 4222);
         assert_eq!(nats_port("nats://h:bad"), 4222);
-    }
-
-    #[test]
-    fn cluster_nodes_get_consecutive_ports_and_route_to_each_other() {
-        assert_eq!(
-            cluster_ports(4222, 3).unwrap(),
-            [(4222, 6222), (4223, 6223), (4224, 6224)]
-        );
-        assert!(cluster_ports(65_000, 3).is_err());
-        let routes = vec!["\"nats-route://127.0.0.1:6222\"".to_owned()];
-        let conf = node_config("n1", 4222, 6222, Path::new("/d/n1"), &routes);
-        assert!(conf.contains("server_name: n1"), "{conf}");
-        assert!(conf.contains("listen: \"127.0.0.1:4222\""), "{conf}");
-        assert!(conf.contains("store_dir: \"/d/n1\""), "{conf}");
-        assert!(
-            conf.contains("routes: [\"nats-route://127.0.0.1:6222\"]"),
-            "{conf}"
-        );
-        assert_eq!(parse_cluster_size("3"), Ok(3));
-        assert_eq!(parse_cluster_size("5"), Ok(5));
-        assert!(parse_cluster_size("2").is_err());
     }
 }

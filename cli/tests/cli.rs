@@ -475,6 +475,97 @@ async fn up_starts_its_own_postgres_and_nats_when_none_answer() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
+/// A first client port whose node ports (it and the two after) and route ports (2000 above
+/// each) are all free: where `up --nats-cluster 3` puts the cluster.
+fn free_cluster_base() -> u16 {
+    (0..50)
+        .map(|_| free_port().clamp(20_000, 60_000))
+        .find(|base| {
+            (0..3).all(|i| {
+                [base + i, base + i + 2000]
+                    .iter()
+                    .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            })
+        })
+        .expect("six free ports")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_with_nats_cluster_starts_three_nodes_and_three_replicas() {
+    let db = TestDb::new().await;
+    let data = std::env::temp_dir().join(format!(
+        "paystream-up-cluster-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&data).unwrap();
+    let base = free_cluster_base();
+    let api_port = free_port();
+    let prefix = format!("upc{}_", free_port());
+    let mut cmd = paystream(&db);
+    cmd.arg("up")
+        .arg("--nats-cluster")
+        .arg("3")
+        .arg("--data-dir")
+        .arg(&data)
+        .env("NATS_URL", format!("nats://127.0.0.1:{base}"))
+        .env("PAYSTREAM_API_ADDR", format!("127.0.0.1:{api_port}"))
+        .env("PAYSTREAM_VAULT_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "PAYSTREAM_ACQUIRER_URL",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .env("PAYSTREAM_STREAM_PREFIX", &prefix)
+        .env("RUST_LOG", "warn");
+    let up = Up::start_with(&mut cmd);
+    let lines = up.wait_ready(Duration::from_secs(120));
+    assert!(
+        lines.iter().any(|l| l.contains(&format!(
+            "starting a local 3-node nats-server cluster with JetStream on ports {base}-{}",
+            base + 2
+        ))),
+        "{lines:?}"
+    );
+    for node in ["n1", "n2", "n3"] {
+        assert!(
+            data.join("nats-cluster")
+                .join(format!("{node}.conf"))
+                .is_file(),
+            "{node}'s config"
+        );
+    }
+    let r = reqwest::get(format!("http://127.0.0.1:{api_port}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the API reaches the cluster");
+    // The streams the processes made are held by all three nodes.
+    let seeds: Vec<String> = (0..3)
+        .map(|i| format!("nats://127.0.0.1:{}", base + i))
+        .collect();
+    let (_client, js) = paystream_nats::topology::connect(&seeds.join(","))
+        .await
+        .unwrap();
+    let mut stream = js
+        .get_stream(format!("{prefix}PAYMENT_COMMANDS"))
+        .await
+        .unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.num_replicas, 3, "{info:?}");
+    let cluster = info.cluster.clone().unwrap();
+    assert!(cluster.leader.is_some(), "{info:?}");
+    assert_eq!(cluster.replicas.len(), 2, "{info:?}");
+    drop(js);
+
+    let status = up.stop();
+    assert!(status.success(), "{status:?}");
+    for port in [base, base + 1, base + 2, api_port] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still answers"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}
+
 /// `paystream doctor` with exactly `vars` in its environment (and PATH).
 fn doctor(vars: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_paystream"));

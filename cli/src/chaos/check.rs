@@ -398,10 +398,8 @@ pub async fn observe(
 
 /// The object ids of every message in the stack's dead-letter stream.
 async fn dead_letters(stack: &Stack) -> anyhow::Result<HashSet<String>> {
-    let url = format!("nats://127.0.0.1:{}", stack.nats_port);
-    let (_client, js) = paystream_nats::topology::connect(&url).await?;
-    let topology = paystream_nats::topology::Topology::new("");
-    let letters = paystream_nats::dlq::list(&js, &topology)
+    let (_client, js) = paystream_nats::topology::connect(&stack.nats_url()).await?;
+    let letters = paystream_nats::dlq::list(&js, &stack.topology)
         .await
         .context("reading the dead letters")?;
     Ok(letters.into_iter().filter_map(|l| l.object_id).collect())

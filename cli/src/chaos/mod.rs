@@ -2,7 +2,8 @@
 //! still hold.
 //!
 //! It starts a stack of its own: a nats-server on a free port with its store under a temp
-//! dir, a fresh database on the configured PostgreSQL server (dropped afterwards unless
+//! dir (with `--nats-cluster N`, N clustered nodes and every stream with N replicas), a fresh
+//! database on the configured PostgreSQL server (dropped afterwards unless
 //! `--keep`), the simulator, the API and every worker as child processes, started the way
 //! `paystream up` starts them (`up::stack_env`). It never touches another broker or database.
 //!
@@ -10,7 +11,9 @@
 //! for 3-D Secure, whose challenge page it answers over plain HTTP, and refunds of part of
 //! some, each followed by a refund of more than what is left), a killer SIGKILLs one process at
 //! a time by its exact pid (every worker, the API, which runs the outbox relay, and
-//! nats-server, each at least once, then at random) and restarts it, and the simulator
+//! nats-server, each at least once, then at random; on a cluster one node at a time, the
+//! first time and about half the times after the payment-commands stream's leader, otherwise
+//! a follower, and NATS twice at least) and restarts it, and the simulator
 //! answers 5xx, hangs after doing the work, and drops, duplicates and reorders its
 //! notifications. Requests the API could not answer are retried with the same
 //! Idempotency-Key. A webhook sink of its own receives every payment and refund event.
@@ -59,6 +62,10 @@ pub struct ChaosArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Run NATS as a JetStream cluster of this many nodes (3 or 5), every stream with that many
+    /// replicas; a NATS kill then takes one node (often the leader) and never two at once.
+    #[arg(long, value_parser = crate::nats_cluster::parse_size)]
+    pub nats_cluster: Option<usize>,
 }
 
 /// SplitMix64: small, seedable and good enough to pick cards and victims; no float.
@@ -103,6 +110,23 @@ pub struct Mayhem {
     pub unconfirmed: AtomicU64,
     /// 3-D Secure payments whose challenge the driver could not get through.
     pub unchallenged: AtomicU64,
+    /// On a cluster: what the NATS kills did and how many nodes held each stream at the end.
+    pub cluster: Mutex<Option<ClusterMayhem>>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ClusterMayhem {
+    pub nodes: usize,
+    /// Kills per node name.
+    pub node_kills: BTreeMap<String, u64>,
+    /// Kills of the node that led the payment-commands stream at that moment.
+    pub leader_kills: u64,
+    /// Nodes holding each stream (leader and other peers) once the run settled.
+    pub stream_peers: BTreeMap<String, u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub async fn run(config: &Config, args: ChaosArgs) -> anyhow::Result<ExitCode> {
@@ -122,14 +146,19 @@ pub async fn run(config: &Config, args: ChaosArgs) -> anyhow::Result<ExitCode> {
         "chaos: {} payments at {}/s, seed {seed} (repeat with --seed {seed})",
         args.payments, args.rate
     ));
-    let mut stack = stack::Stack::start(config.database_url.expose(), seed)
-        .await
-        .context("starting the chaos stack")?;
+    let mut stack = stack::Stack::start(
+        config.database_url.expose(),
+        seed,
+        &config.stream_prefix,
+        args.nats_cluster,
+    )
+    .await
+    .context("starting the chaos stack")?;
     say(format!(
-        "stack up: api {}, simulator {}, nats port {}, database {}, logs in {}",
+        "stack up: api {}, simulator {}, nats {}, database {}, logs in {}",
         stack.api,
         stack.sim,
-        stack.nats_port,
+        stack.nats_url(),
         stack.db_name,
         stack.dir.display()
     ));
@@ -212,6 +241,14 @@ async fn drive_and_check(
     let mut rng = Rng::new(seed ^ 0x6B69_6C6C);
     let victims = stack::VICTIMS;
     let mut order: Vec<&str> = victims.to_vec();
+    // A cluster loses a node twice at least: once its leader, once any node.
+    if stack.is_cluster() {
+        order.push("nats-server");
+        *lock(&mayhem.cluster) = Some(ClusterMayhem {
+            nodes: stack.nats_nodes(),
+            ..ClusterMayhem::default()
+        });
+    }
     // Every victim once, in a seeded order, then at random.
     for i in (1..order.len()).rev() {
         let j = usize::try_from(rng.below(u64::try_from(i).unwrap_or(0) + 1)).unwrap_or(0);
@@ -237,13 +274,7 @@ async fn drive_and_check(
             });
             kill_no += 1;
             let down = Duration::from_millis(200 + rng.below(1300));
-            stack.kill_and_restart(victim, down).await?;
-            *mayhem
-                .kills
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(victim.to_owned())
-                .or_insert(0) += 1;
+            kill(stack, victim, down, &mut rng, &mayhem).await?;
             let jitter = rng.below(args.kill_every_secs * 1000);
             next_kill = Instant::now() + Duration::from_millis(args.kill_every_secs * 500 + jitter);
         }
@@ -251,15 +282,7 @@ async fn drive_and_check(
     // A short run may end before every victim had its turn: kill the rest now, under the tail.
     while let Some(victim) = order.get(kill_no).copied() {
         kill_no += 1;
-        stack
-            .kill_and_restart(victim, Duration::from_millis(300))
-            .await?;
-        *mayhem
-            .kills
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(victim.to_owned())
-            .or_insert(0) += 1;
+        kill(stack, victim, Duration::from_millis(300), &mut rng, &mayhem).await?;
     }
     let fired = client.sim_fault_counts(&stack.sim).await;
     client.sim_faults(&stack.sim, json!({})).await;
@@ -289,6 +312,10 @@ async fn drive_and_check(
     )
     .await?;
     sink.close(&client).await;
+    let peers = stack.stream_peers().await;
+    if let Some(c) = lock(&mayhem.cluster).as_mut() {
+        c.stream_peers = peers;
+    }
     let parked = observations
         .intents
         .iter()
@@ -298,6 +325,36 @@ async fn drive_and_check(
         .dead_lettered
         .store(u64::try_from(parked).unwrap_or(0), Ordering::Relaxed);
     Ok((evaluate(&observations), mayhem))
+}
+
+/// Kills `victim` and starts it again after `down`, and counts it. On a cluster a NATS kill
+/// takes one node: the first time the payment-commands stream's leader, after that the
+/// leader or a follower, by a coin flip.
+async fn kill(
+    stack: &mut stack::Stack,
+    victim: &'static str,
+    down: Duration,
+    rng: &mut Rng,
+    mayhem: &Mayhem,
+) -> anyhow::Result<()> {
+    if victim == "nats-server" && stack.is_cluster() {
+        let first = lock(&mayhem.cluster)
+            .as_ref()
+            .is_none_or(|c| c.node_kills.is_empty());
+        let leader_turn = first || rng.below(2) == 0;
+        let random = rng.next_u64();
+        let killed = stack
+            .kill_and_restart_node(leader_turn, random, down)
+            .await?;
+        if let Some(c) = lock(&mayhem.cluster).as_mut() {
+            *c.node_kills.entry(killed.node).or_insert(0) += 1;
+            c.leader_kills += u64::from(killed.was_leader);
+        }
+    } else {
+        stack.kill_and_restart(victim, down).await?;
+    }
+    *lock(&mayhem.kills).entry(victim.to_owned()).or_insert(0) += 1;
+    Ok(())
 }
 
 fn bench_offset(i: u64, rate: u64) -> Duration {
@@ -329,8 +386,21 @@ fn mayhem_table(m: &Mayhem) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let cluster = lock(&m.cluster).as_ref().map_or_else(String::new, |c| {
+        format!(
+            "NATS cluster of {} nodes: nodes killed {}, {} of them while leading the payment-commands stream; nodes holding each stream at the end: {}\n",
+            c.nodes,
+            list(&c.node_kills),
+            c.leader_kills,
+            c.stream_peers
+                .iter()
+                .map(|(stream, n)| format!("{stream} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    });
     format!(
-        "killed (SIGKILL, then restarted): {}\nsimulator faults fired: {}\nrequests the driver retried with the same Idempotency-Key: {}\npayments in the dead letters: {}\npayments the driver could not confirm (the API unreachable for 120 s): {}\n3-D Secure challenges the driver could not get through: {}\n",
+        "killed (SIGKILL, then restarted): {}\n{cluster}simulator faults fired: {}\nrequests the driver retried with the same Idempotency-Key: {}\npayments in the dead letters: {}\npayments the driver could not confirm (the API unreachable for 120 s): {}\n3-D Secure challenges the driver could not get through: {}\n",
         list(&kills),
         list(&faults),
         m.driver_retries.load(Ordering::Relaxed),
@@ -351,6 +421,14 @@ fn report_json(rows: &[CheckRow], m: &Mayhem, seed: u64) -> serde_json::Value {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
+    let cluster = lock(&m.cluster).as_ref().map(|c| {
+        json!({
+            "nodes": c.nodes,
+            "nodeKills": c.node_kills,
+            "leaderKills": c.leader_kills,
+            "streamPeers": c.stream_peers,
+        })
+    });
     json!({
         "seed": seed,
         "ok": rows.iter().all(|r| r.violations == 0),
@@ -363,6 +441,7 @@ fn report_json(rows: &[CheckRow], m: &Mayhem, seed: u64) -> serde_json::Value {
         "deadLettered": m.dead_lettered.load(Ordering::Relaxed),
         "unconfirmed": m.unconfirmed.load(Ordering::Relaxed),
         "unchallenged": m.unchallenged.load(Ordering::Relaxed),
+        "natsCluster": cluster,
     })
 }
 
@@ -410,5 +489,31 @@ mod tests {
         assert_eq!(j["ok"], false);
         assert_eq!(j["kills"]["nats-server"], 2);
         assert_eq!(j["checks"][0]["example"], "pi_1");
+        assert!(j["natsCluster"].is_null(), "one server: {j}");
+        assert!(!text.contains("NATS cluster"), "{text}");
+    }
+
+    #[test]
+    fn a_cluster_run_reports_its_node_and_leader_kills() {
+        let m = Mayhem::default();
+        m.kills.lock().unwrap().insert("nats-server".into(), 3);
+        *m.cluster.lock().unwrap() = Some(ClusterMayhem {
+            nodes: 3,
+            node_kills: [("n1".to_owned(), 2), ("n3".to_owned(), 1)].into(),
+            leader_kills: 2,
+            stream_peers: [("PAYMENT_COMMANDS".to_owned(), 3)].into(),
+        });
+        let text = mayhem_table(&m);
+        assert!(
+            text.contains(
+                "NATS cluster of 3 nodes: nodes killed n1 x2, n3 x1, 2 of them while leading"
+            ) && text.contains("PAYMENT_COMMANDS 3"),
+            "{text}"
+        );
+        let j = report_json(&[], &m, 1);
+        assert_eq!(j["natsCluster"]["nodes"], 3);
+        assert_eq!(j["natsCluster"]["leaderKills"], 2);
+        assert_eq!(j["natsCluster"]["nodeKills"]["n1"], 2);
+        assert_eq!(j["natsCluster"]["streamPeers"]["PAYMENT_COMMANDS"], 3);
     }
 }
