@@ -307,14 +307,8 @@ impl Stack {
         if name == "nats-server" && self.is_cluster() {
             bail!("a cluster loses one node at a time (kill_and_restart_node)");
         }
-        if let Some(mut child) = self.children.remove(name) {
-            if let Some(pid) = child.id() {
-                let _ = std::process::Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .status();
-            }
-            let _ = child.wait().await;
+        if let Some(child) = self.children.remove(name) {
+            sigkill(child).await;
         }
         tokio::time::sleep(down).await;
         self.spawn(name)?;
@@ -379,14 +373,8 @@ impl Stack {
         };
         let i = nats_cluster::choose_node(&c.nodes, leader.as_deref(), leader_turn, random);
         let node = c.nodes[i].clone();
-        if let Some(mut child) = c.children[i].take() {
-            if let Some(pid) = child.id() {
-                let _ = std::process::Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .status();
-            }
-            let _ = child.wait().await;
+        if let Some(child) = c.children[i].take() {
+            sigkill(child).await;
         }
         tokio::time::sleep(down).await;
         self.spawn_node(i)?;
@@ -460,4 +448,15 @@ impl Stack {
             }
         }
     }
+}
+
+/// SIGKILLs the child by its own pid (never a name or a group) and reaps it.
+async fn sigkill(mut child: tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
+    }
+    let _ = child.wait().await;
 }
