@@ -217,6 +217,27 @@ pub async fn run(config: &Config, args: SeedHistoryArgs) -> anyhow::Result<ExitC
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_full_lock_table_is_told_as_a_batch_too_large() {
+        let db = paystream_tests::TestDb::new().await;
+        // The error PostgreSQL answers when its lock table is full, raised on purpose: filling
+        // the shared server's real lock table would fail other sessions too.
+        let full = sqlx::raw_sql(
+            "DO $$ BEGIN RAISE EXCEPTION 'out of shared memory' USING ERRCODE = '53200'; END $$",
+        )
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+        let told = lock_table_full(StoreError::Db(full), 9000);
+        assert!(
+            matches!(told, SeedError::BatchTooLarge { batch: 9000 }),
+            "{told}"
+        );
+        assert!(told.to_string().contains("--batch"), "{told}");
+        let other = lock_table_full(StoreError::NotFound("pi_x".into()), 9000);
+        assert!(matches!(other, SeedError::Store(_)), "{other}");
+    }
+
     #[test]
     fn rates_are_whole_rows_per_second() {
         assert_eq!(per_second(5000, Duration::from_millis(2500)), 2000);
