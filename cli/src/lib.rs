@@ -9,6 +9,7 @@ pub mod dlq;
 pub mod doctor;
 pub mod listen;
 mod nats_cluster;
+pub mod seed_history;
 pub mod settlement;
 pub mod up;
 
@@ -51,6 +52,10 @@ pub enum Command {
     Chaos(chaos::ChaosArgs),
     /// Measure webhook deliveries per second and event-to-receipt latency against a running stack.
     BenchWebhooks(bench_webhooks::BenchWebhooksArgs),
+    /// Give a merchant a long history of earlier payments, written straight into the database
+    /// (intents, events, audit chains, published outbox rows, webhook deliveries, refunds and
+    /// the ledger, as the running system leaves them), to benchmark against a full database.
+    SeedHistory(seed_history::SeedHistoryArgs),
     /// Receive this merchant's webhooks on this machine: subscribe a local endpoint, verify
     /// and print every event, unsubscribe on Ctrl-C.
     Listen(listen::ListenArgs),
@@ -215,6 +220,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(&config, args).await,
         Command::Chaos(args) => chaos::run(&config, args).await,
         Command::BenchWebhooks(args) => bench_webhooks::run(&config, args).await,
+        Command::SeedHistory(args) => seed_history::run(&config, args).await,
         Command::Listen(args) => listen::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Audit {
             command: AuditCommand::Verify { json },

@@ -7,6 +7,7 @@ pub mod balance_transactions;
 pub mod change;
 pub mod disputes;
 pub mod events;
+pub mod history;
 pub mod idempotency_keys;
 pub mod intent_deadlines;
 pub mod ledger;
