@@ -319,7 +319,7 @@ async fn a_second_seed_adds_as_many_again() {
         .await
         .unwrap();
     let balances_after_one: Vec<(String, i64)> =
-        sqlx::query_as("SELECT account, balance FROM ledger_accounts ORDER BY account")
+        sqlx::query_as("SELECT account, SUM(balance)::bigint FROM ledger_accounts GROUP BY account ORDER BY account")
             .fetch_all(&db.pool)
             .await
             .unwrap();
@@ -348,7 +348,7 @@ async fn a_second_seed_adds_as_many_again() {
     assert_eq!(first.totals.deliveries + second.totals.deliveries, 0);
     // The balances grew by the second seed's postings rather than being replaced.
     let balances: Vec<(String, i64)> =
-        sqlx::query_as("SELECT account, balance FROM ledger_accounts ORDER BY account")
+        sqlx::query_as("SELECT account, SUM(balance)::bigint FROM ledger_accounts GROUP BY account ORDER BY account")
             .fetch_all(&db.pool)
             .await
             .unwrap();
