@@ -6,7 +6,8 @@
 //! Each round reconciles with the acquirer, keeps the payment intents' deadlines (expired
 //! authorizations, the notice before they expire, abandoned intents: see [`deadlines`]), the
 //! disputes' deadlines (`dispute_deadlines`),
-//! purges what has outlived its purpose and refreshes planner statistics.
+//! purges what has outlived its purpose, vacuums the tables every payment churns when the
+//! server runs without autovacuum, and refreshes planner statistics.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -98,6 +99,37 @@ pub async fn purge(pool: &PgPool) -> Result<(u64, u64), sqlx::Error> {
     Ok((keys, outbox))
 }
 
+/// The tables every payment updates or the purge deletes from: each payment leaves dead row
+/// versions in them (an outbox row marked published, an intent moved twice, an
+/// Idempotency-Key completed, a delivery recorded, a running balance added to).
+pub const CHURNED_TABLES: [&str; 6] = [
+    "outbox",
+    "payment_intents",
+    "idempotency_keys",
+    "webhook_deliveries",
+    "webhook_delivery_attempts",
+    "ledger_accounts",
+];
+
+/// Vacuums [`CHURNED_TABLES`] when the server runs without autovacuum, and says whether it
+/// did. Without it their dead versions pile up without end: the relay's claim and the
+/// intents' lookups walk past them, and the same benchmark on a database with 20,000 earlier
+/// payments ran at 138-160 payments/s against 183/s right after a `VACUUM`. Where autovacuum
+/// runs, it is left to it (migration 0029 tunes it for these tables). Plain `VACUUM` takes no
+/// lock that blocks reads or writes; the visibility map lets it skip the pages of old rows.
+pub async fn vacuum_churned(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let autovacuum: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+        .fetch_one(pool)
+        .await?;
+    if autovacuum == "on" {
+        return Ok(false);
+    }
+    sqlx::query(&format!("VACUUM {}", CHURNED_TABLES.join(", ")))
+        .execute(pool)
+        .await?;
+    Ok(true)
+}
+
 /// Runs one deadline job batch after batch while batches come back full, at most
 /// [`MAX_BATCHES_PER_ROUND`] times; each batch decides against the clock as it is then.
 async fn drain<F, Fut>(job: &'static str, mut step: F)
@@ -173,6 +205,10 @@ pub async fn tick(
             tracing::info!(idempotency_keys = keys, outbox_rows = outbox, "purged")
         }
         Err(e) => tracing::error!(error = %e, "purge failed"),
+    }
+    // After the purge, so the versions it deleted are reclaimed in the same round.
+    if let Err(e) = vacuum_churned(pool).await {
+        tracing::warn!(error = %e, "vacuum failed");
     }
     // Fresh planner statistics, for servers that run without autovacuum.
     if let Err(e) = sqlx::query("ANALYZE").execute(pool).await {

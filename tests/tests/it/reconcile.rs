@@ -181,6 +181,46 @@ async fn purge_removes_expired_keys_and_old_published_outbox_rows() {
     assert_eq!(left, ["new-key"]);
 }
 
+/// On a server without autovacuum (this machine's runs with `autovacuum = off`), the
+/// scheduler's round vacuums the tables every payment churns; with it, it leaves them to it.
+#[tokio::test]
+async fn the_churned_tables_are_vacuumed_where_autovacuum_does_not_run() {
+    let app = spawn_app().await;
+    let _confirm = app.start_confirm_worker();
+    let id = app.create_and_confirm("pm_card_visa").await;
+    app.wait_for_status(&id, &["succeeded"], Duration::from_secs(20))
+        .await;
+    let vacuums = || async {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT relname::text, vacuum_count FROM pg_stat_user_tables
+             WHERE relname = ANY($1) ORDER BY relname",
+        )
+        .bind(scheduler::CHURNED_TABLES.as_slice())
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+    };
+    let before = vacuums().await;
+    assert_eq!(before.len(), scheduler::CHURNED_TABLES.len(), "{before:?}");
+    let autovacuum: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let ran = scheduler::vacuum_churned(&app.pool).await.unwrap();
+    assert_eq!(ran, autovacuum != "on");
+    if ran {
+        paystream_tests::eventually(Duration::from_secs(10), "the vacuums counted", || async {
+            let after = vacuums().await;
+            before
+                .iter()
+                .zip(&after)
+                .all(|((t, b), (u, a))| t == u && a > b)
+                .then_some(())
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn the_scheduler_process_reconciles_on_its_interval() {
     let app = spawn_app().await;
