@@ -91,11 +91,35 @@ pub async fn try_lead(pool: &PgPool) -> Result<Option<Leadership>, sqlx::Error> 
     }
 }
 
-/// Purges what has outlived its purpose: idempotency keys past 24 h and published outbox rows.
+/// How many rows one purge statement deletes: a short transaction each.
+pub const PURGE_BATCH: i64 = 10_000;
+
+/// Purges what has outlived its purpose: idempotency keys past 24 h and published outbox rows,
+/// batch after batch until a batch comes back short.
 pub async fn purge(pool: &PgPool) -> Result<(u64, u64), sqlx::Error> {
-    let keys = paystream_shared::store::idempotency_keys::purge_expired(pool).await?;
-    let outbox =
-        paystream_shared::store::outbox::purge_published(pool, OUTBOX_RETENTION_HOURS).await?;
+    let full = u64::try_from(PURGE_BATCH).unwrap_or(u64::MAX);
+    let mut keys = 0;
+    loop {
+        let done =
+            paystream_shared::store::idempotency_keys::purge_expired(pool, PURGE_BATCH).await?;
+        keys += done;
+        if done < full {
+            break;
+        }
+    }
+    let mut outbox = 0;
+    loop {
+        let done = paystream_shared::store::outbox::purge_published(
+            pool,
+            OUTBOX_RETENTION_HOURS,
+            PURGE_BATCH,
+        )
+        .await?;
+        outbox += done;
+        if done < full {
+            break;
+        }
+    }
     Ok((keys, outbox))
 }
 

@@ -199,12 +199,18 @@ pub async fn release(
     Ok(done.rows_affected() == 1)
 }
 
-/// Deletes keys past the retention window; the scheduler's clean-up calls this.
-pub async fn purge_expired(db: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
+/// Deletes up to `limit` keys past the retention window, oldest first; the scheduler's
+/// clean-up calls this until a batch comes back short (in batches, as
+/// `outbox::purge_published`, so no one statement runs for long).
+pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
-        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
+        "DELETE FROM idempotency_keys WHERE (merchant_id, key) IN ( \
+             SELECT merchant_id, key FROM idempotency_keys \
+             WHERE created_at < now() - make_interval(hours => $1) \
+             ORDER BY created_at LIMIT $2)",
     )
     .bind(RETENTION_HOURS)
+    .bind(limit)
     .execute(db)
     .await?;
     Ok(done.rows_affected())

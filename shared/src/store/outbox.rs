@@ -83,14 +83,24 @@ pub async fn mark_published(conn: &mut PgConnection, ids: &[Uuid]) -> Result<u64
     )
 }
 
-/// Deletes rows published more than `retention_hours` ago (kept until then for inspection).
-/// Unpublished rows are never deleted, however old.
-pub async fn purge_published(pool: &PgPool, retention_hours: i32) -> Result<u64, sqlx::Error> {
+/// Deletes up to `limit` rows published more than `retention_hours` ago (kept until then for
+/// inspection), oldest first; the caller repeats while a full batch comes back. Unpublished
+/// rows are never deleted, however old. In batches, because one statement over a day of a
+/// busy system's rows is one long transaction: it holds back what vacuum may reclaim
+/// everywhere in the database for as long as it runs.
+pub async fn purge_published(
+    pool: &PgPool,
+    retention_hours: i32,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
-        "DELETE FROM outbox WHERE published_at IS NOT NULL \
-         AND published_at < now() - make_interval(hours => $1)",
+        "DELETE FROM outbox WHERE id IN ( \
+             SELECT id FROM outbox WHERE published_at IS NOT NULL \
+             AND published_at < now() - make_interval(hours => $1) \
+             ORDER BY published_at LIMIT $2)",
     )
     .bind(retention_hours)
+    .bind(limit)
     .execute(pool)
     .await?
     .rows_affected())

@@ -228,7 +228,7 @@ async fn expired_keys_are_purged_and_reusable() {
         .await
         .unwrap();
     assert_eq!(
-        paystream_shared::store::idempotency_keys::purge_expired(&app.pool)
+        paystream_shared::store::idempotency_keys::purge_expired(&app.pool, 100)
             .await
             .unwrap(),
         1

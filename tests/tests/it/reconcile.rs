@@ -179,6 +179,41 @@ async fn purge_removes_expired_keys_and_old_published_outbox_rows() {
         .await
         .unwrap();
     assert_eq!(left, ["new-key"]);
+
+    // A statement deletes one batch; the scheduler repeats until a batch comes back short.
+    for amount in [7, 8] {
+        let r = app
+            .post(
+                "/api/payment-intents",
+                json!({"amount": amount, "currency": "usd", "customerId": "c"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    sqlx::query("UPDATE outbox SET published_at = now() - interval '2 days'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let old: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(old >= 3, "{old}");
+    let one = paystream_shared::store::outbox::purge_published(
+        &app.pool,
+        scheduler::OUTBOX_RETENTION_HOURS,
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(one, 1);
+    let (_, rest) = scheduler::purge(&app.pool).await.unwrap();
+    assert_eq!(i64::try_from(rest).unwrap(), old - 1);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
 }
 
 /// On a server without autovacuum (this machine's runs with `autovacuum = off`), the
