@@ -245,6 +245,18 @@ struct UsableMethod {
     may_need_3ds: bool,
 }
 
+impl UsableMethod {
+    /// A stored (or about to be stored) method of this type: what its type allows is all the
+    /// API knows of it.
+    fn of_type(id: String, method_type: PaymentMethodType) -> Self {
+        Self {
+            bank_account: method_type == PaymentMethodType::BankAccount,
+            may_need_3ds: method_type == PaymentMethodType::Card,
+            id,
+        }
+    }
+}
+
 async fn resolve_payment_method(
     db: &sqlx::PgPool,
     auth: &AuthContext,
@@ -263,11 +275,7 @@ async fn resolve_payment_method(
     if stored.detached_at.is_some() {
         return Err(super::payment_methods::detached_error("paymentMethodId"));
     }
-    Ok(UsableMethod {
-        bank_account: stored.method_type == PaymentMethodType::BankAccount,
-        may_need_3ds: stored.method_type == PaymentMethodType::Card,
-        id: pm,
-    })
+    Ok(UsableMethod::of_type(pm, stored.method_type))
 }
 
 /// Bank account debits settle later and cannot be held for a later capture.
@@ -630,11 +638,7 @@ impl PaymentIntentsApi {
                 intent.status.confirmable()?;
                 // And the checks of the method's kind, which need no vault: a confirm refused
                 // for a missing `returnUrl` must leave the token usable for the one that follows.
-                let kind = UsableMethod {
-                    id: String::new(),
-                    bank_account: token.method_type == PaymentMethodType::BankAccount,
-                    may_need_3ds: token.method_type == PaymentMethodType::Card,
-                };
+                let kind = UsableMethod::of_type(String::new(), token.method_type);
                 check_capture_method(&kind, intent.capture_method)?;
                 require_return_url_for(
                     &kind,
@@ -688,11 +692,7 @@ impl PaymentIntentsApi {
         };
         // Checked again even when the intent already names it: it may have been detached since.
         let usable = match &from_token {
-            Some(stored) => UsableMethod {
-                bank_account: stored.method_type == PaymentMethodType::BankAccount,
-                may_need_3ds: stored.method_type == PaymentMethodType::Card,
-                id: pm,
-            },
+            Some(stored) => UsableMethod::of_type(pm, stored.method_type),
             None => resolve_payment_method(&state.pool, &auth, pm).await?,
         };
         if auth.client.is_some() && from_token.is_none() && !is_test_payment_method(&usable.id) {
