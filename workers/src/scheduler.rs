@@ -95,13 +95,17 @@ pub async fn try_lead(pool: &PgPool) -> Result<Option<Leadership>, sqlx::Error> 
 pub const PURGE_BATCH: i64 = 10_000;
 
 /// Purges what has outlived its purpose: idempotency keys past 24 h and published outbox rows,
-/// batch after batch until a batch comes back short.
+/// [`PURGE_BATCH`] rows a statement.
 pub async fn purge(pool: &PgPool) -> Result<(u64, u64), sqlx::Error> {
-    let full = u64::try_from(PURGE_BATCH).unwrap_or(u64::MAX);
+    purge_in_batches(pool, PURGE_BATCH).await
+}
+
+/// [`purge`] with `batch` rows a statement, batch after batch until one comes back short.
+pub async fn purge_in_batches(pool: &PgPool, batch: i64) -> Result<(u64, u64), sqlx::Error> {
+    let full = u64::try_from(batch).unwrap_or(u64::MAX);
     let mut keys = 0;
     loop {
-        let done =
-            paystream_shared::store::idempotency_keys::purge_expired(pool, PURGE_BATCH).await?;
+        let done = paystream_shared::store::idempotency_keys::purge_expired(pool, batch).await?;
         keys += done;
         if done < full {
             break;
@@ -109,12 +113,9 @@ pub async fn purge(pool: &PgPool) -> Result<(u64, u64), sqlx::Error> {
     }
     let mut outbox = 0;
     loop {
-        let done = paystream_shared::store::outbox::purge_published(
-            pool,
-            OUTBOX_RETENTION_HOURS,
-            PURGE_BATCH,
-        )
-        .await?;
+        let done =
+            paystream_shared::store::outbox::purge_published(pool, OUTBOX_RETENTION_HOURS, batch)
+                .await?;
         outbox += done;
         if done < full {
             break;
